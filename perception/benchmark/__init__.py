@@ -1,0 +1,7 @@
+"""Benchmarks behind ``tools/benchmark.py``: each sub-command is a module here with ``add_arguments`` and ``run``.
+
+Speed is reported as ratios against a baseline measured in the same process, never asserted in tests.
+"""
+SUBCOMMANDS = {
+    "model": ("perception.benchmark.model", "multi-task forward vs the three single-task models"),
+}

@@ -1,0 +1,86 @@
+"""One multi-task forward against the three single-task models' forwards, same backbone and input.
+
+The single-task models are the same network with one head each (the baselines of the multi-task gain); running
+all three is what a user without a shared model would do to get the three answers.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
+from perception.models.config import TASKS, ModelConfig
+from perception.utils.configurable import from_dict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbones", nargs="+", default=["resnet18"], help="timm model names")
+    parser.add_argument("--size", nargs=2, type=int, default=[512, 1024], metavar=("H", "W"), help="input size")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--json", default="", help="write the results here")
+
+
+def _build(backbone: str, tasks, device, channels_last: bool):
+    cfg = from_dict(ModelConfig, {"tasks": list(tasks), "backbone": {"name": backbone}})
+    from perception.models import build_model
+
+    model = build_model(cfg).to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def measure_backbone(backbone: str, size, batch: int, device: torch.device, amp: str, channels_last: bool,
+                     warmup: int, repeats: int) -> dict:
+    """Latency of the multi-task forward and of the three single-task forwards, with their ratio."""
+    images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device).float()
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+    def forward_fn(model):
+        def run():
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                model(images)
+        return run
+
+    multi = _build(backbone, TASKS, device, channels_last)
+    row = {"backbone": backbone, "params_multi_M": sum(p.numel() for p in multi.parameters()) / 1e6}
+    row["multi_ms"] = time_fn(forward_fn(multi), device, warmup, repeats)["median_ms"]
+    del multi
+    singles_ms, singles_params = 0.0, 0.0
+    for task in TASKS:
+        single = _build(backbone, [task], device, channels_last)
+        singles_params += sum(p.numel() for p in single.parameters()) / 1e6
+        ms = time_fn(forward_fn(single), device, warmup, repeats)["median_ms"]
+        row[f"{task}_ms"] = ms
+        singles_ms += ms
+        del single
+    row["three_single_ms"] = singles_ms
+    row["params_three_single_M"] = singles_params
+    row["ratio"] = row["multi_ms"] / singles_ms
+    return row
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rows = [measure_backbone(b, tuple(args.size), args.batch, device, args.amp, args.channels_last, args.warmup,
+                             args.repeats) for b in args.backbones]
+    info = machine_info(device)
+    print(f"forward latency, batch {args.batch}, {args.size[0]}x{args.size[1]}, {device}, amp={args.amp}, "
+          f"median of {args.repeats}")
+    print_table(rows, ["backbone", "multi_ms", "detection_ms", "segmentation_ms", "depth_ms", "three_single_ms",
+                       "ratio", "params_multi_M", "params_three_single_M"])
+    result = {"benchmark": "model", "machine": info, "settings": {k: v for k, v in vars(args).items()
+                                                                 if not k.startswith("_")}, "rows": rows}
+    write_json(result, args.json)
+    return result

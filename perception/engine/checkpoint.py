@@ -1,0 +1,79 @@
+"""Checkpoints: one file per state, written atomically and read without executing pickled code.
+
+A checkpoint is a dict with ``format`` = ``"perception-checkpoint"``, ``version``, ``config`` (the resolved config
+as plain data) and ``model`` (a state dict), plus whatever the trainer adds (optimizer, scheduler, scaler, EMA,
+weighting, step, RNG states, metrics). Everything in it must be tensors and plain Python containers/scalars so
+that ``torch.load(..., weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "perception-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a readable checkpoint of this toolkit."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync'd, then renamed.
+
+    A crash while writing leaves the previous file at ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no pickled code runs) and check it is one of ours.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is truncated or corrupt, holds pickled objects other than tensors and plain
+            data, or is not a checkpoint written by this toolkit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused: it contains pickled objects other than tensors and plain "
+            f"data, which are not loaded because unpickling them could run code ({str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be read: the file is truncated or corrupt "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a perception checkpoint (no 'format': {FORMAT!r} "
+                              "key); for plain backbone weights use model.backbone.pretrained instead")
+    if state.get("version", 0) > VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format version {state['version']}, newer than this "
+                              f"toolkit reads ({VERSION}); upgrade perception")
+    for key in ("config", "model"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {str(path)!r} has no {key!r} entry")
+    return state

@@ -1,0 +1,63 @@
+"""The Panoptic-FPN semantic branch (Kirillov et al., "Panoptic Feature Pyramid Networks", CVPR 2019).
+
+Each of P2..P5 goes through conv3x3-GN-ReLU stages, with a 2x upsampling after each stage, until it reaches the
+1/4 scale; the four maps are summed. Both dense heads (segmentation and depth) use this branch, each with its own
+weights and its own 1x1 predictor.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perception.models.layers import conv_gn_relu
+
+
+class ScaleBranch(nn.Module):
+    """conv-GN-ReLU stages that bring one pyramid level from ``stride`` to ``target_stride``."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int, target_stride: int) -> None:
+        super().__init__()
+        num_up = max(0, (stride // target_stride).bit_length() - 1)  # log2(stride / target_stride)
+        self.stages = nn.ModuleList(
+            [conv_gn_relu(in_channels if i == 0 else channels, channels) for i in range(max(1, num_up))])
+        self.num_up = num_up
+
+    def forward(self, x: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """Args: sizes: the spatial sizes to upsample to after each stage (finest last)."""
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i < self.num_up:
+                x = F.interpolate(x, size=sizes[i], mode="bilinear", align_corners=False)
+        return x
+
+
+class SemanticFPNBranch(nn.Module):
+    """P2..P5 -> one feature map at the stride of P2 (1/4).
+
+    Args:
+        in_channels: channels of the pyramid levels.
+        channels: channels of the branch.
+        in_strides: strides of the levels it reads (P2..P5: 4, 8, 16, 32).
+
+    Attributes:
+        out_channels: channels of the output map.
+        stride: stride of the output map.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 128, in_strides: Sequence[int] = (4, 8, 16, 32)) -> None:
+        super().__init__()
+        self.stride = in_strides[0]
+        self.scales = nn.ModuleList([ScaleBranch(in_channels, channels, s, self.stride) for s in in_strides])
+        self.out_channels = channels
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """Args: features: [P2, P3, P4, P5]. Returns: Tensor[B, channels, H/4, W/4]."""
+        sizes = [tuple(f.shape[-2:]) for f in features]
+        out = None
+        for level, (branch, x) in enumerate(zip(self.scales, features)):
+            # Level k upsamples through the sizes of levels k-1, ..., 0 so odd sizes line up exactly.
+            y = branch(x, sizes[:level][::-1])
+            out = y if out is None else out + y
+        return out

@@ -1,0 +1,21 @@
+"""Small building blocks shared by the heads."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def num_groups(channels: int, max_groups: int = 32) -> int:
+    """The largest group count <= ``max_groups`` that divides ``channels`` (32 for the usual widths)."""
+    groups = min(max_groups, channels)
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
+def conv_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv (no bias), GroupNorm, ReLU: the unit of every head tower."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.GroupNorm(num_groups(out_channels), out_channels),
+        nn.ReLU(inplace=True),
+    )

@@ -1,0 +1,71 @@
+"""The interface every multi-task loss-weighting method implements."""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+from torch import Tensor, nn
+
+
+class Weighting(nn.Module):
+    """Combines the per-task losses into the one scalar to backpropagate: the one place tasks meet.
+
+    Subclasses implement ``forward``. Methods that need per-task gradients (PCGrad, MGDA, ...) override
+    ``backward`` instead and set ``manual_grad_sync`` so that a distributed trainer runs the step under
+    ``no_sync()`` and averages the combined gradient once. Learnable parameters (such as log-variances) live in the
+    module: they are optimised with the model, get no weight decay and are saved in checkpoints.
+
+    Which tasks take part in a step: those in ``task_losses`` whose ``present`` flag is true. A task that is
+    missing from ``task_losses`` (scheduled out) or absent from the batch's labels must leave the weighting's
+    parameters of that task without a gradient, so that the optimizer does not move them.
+
+    Args:
+        tasks: the task names, in a fixed order.
+    """
+
+    manual_grad_sync: bool = False
+
+    def __init__(self, tasks: Iterable[str]) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+
+    def forward(self, task_losses: Mapping[str, Tensor], present: Mapping[str, bool] | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Combine the task losses.
+
+        Args:
+            task_losses: task -> scalar loss (a subset of ``tasks``).
+            present: task -> whether the batch carried any of its labels (``None``: all did).
+
+        Returns:
+            the scalar loss, and task -> effective weight (detached tensors, for logging).
+        """
+        raise NotImplementedError
+
+    def backward(self, task_losses: Mapping[str, Tensor], shared_parameters: Callable[[], Iterable[nn.Parameter]],
+                 present: Mapping[str, bool] | None = None,
+                 scale: Callable[[Tensor], Tensor] = lambda loss: loss) -> tuple[Tensor, dict[str, Tensor]]:
+        """Backpropagate the combined loss; gradient-based methods override this.
+
+        Args:
+            task_losses: task -> scalar loss.
+            shared_parameters: returns the parameters shared by all tasks (used by gradient methods).
+            present: as in ``forward``.
+            scale: the AMP loss scaler's ``scale`` (identity without AMP).
+
+        Returns:
+            the combined loss (detached) and the weights to log.
+        """
+        loss, weights = self(task_losses, present)
+        scale(loss).backward()
+        return loss.detach(), weights
+
+    def active_tasks(self, task_losses: Mapping[str, Tensor], present: Mapping[str, bool] | None) -> list[str]:
+        """The tasks that take part in this step, in ``self.tasks`` order."""
+        return [t for t in self.tasks if t in task_losses and (present is None or present.get(t, True))]
+
+
+def zero_with_graph(task_losses: Mapping[str, Tensor], active: Iterable[str]) -> Tensor | float:
+    """0 times the inactive tasks' losses: keeps every head in the graph (as distributed training needs)
+    while giving them exactly zero gradient."""
+    active = set(active)
+    return sum((loss * 0.0 for t, loss in task_losses.items() if t not in active), 0.0)
