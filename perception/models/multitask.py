@@ -57,9 +57,19 @@ class MultiTaskModel(nn.Module):
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
         return {task: self.heads[task](pyramid[HEAD_LEVELS[task]]) for task in tasks}
 
-    def forward(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict:
-        """Raw outputs keyed by task: ``detection`` a dict of tensors, ``segmentation`` logits, ``depth`` raw."""
-        return self.forward_heads(self.forward_features(images), tasks)
+    def forward(self, images: Tensor, tasks: Iterable[str] | None = None, return_features: bool = False):
+        """Raw outputs keyed by task: ``detection`` a dict of tensors, ``segmentation`` logits, ``depth`` raw.
+
+        Args:
+            images (Tensor[B, 3, H, W]): RGB, values 0..255.
+            tasks: run only these heads (default: all).
+            return_features: also return the shared pyramid, as ``(outputs, pyramid)``, for methods that work on
+                the shared representation (MGDA-UB); it goes through ``forward`` so that wrappers such as
+                DistributedDataParallel see the whole computation.
+        """
+        pyramid = self.forward_features(images)
+        outputs = self.forward_heads(pyramid, tasks)
+        return (outputs, pyramid) if return_features else outputs
 
     def compute_losses(self, outputs: dict, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per-task losses over the images that carry each task's labels.

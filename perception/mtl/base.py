@@ -1,7 +1,7 @@
 """The interface every multi-task loss-weighting method implements."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -22,7 +22,8 @@ class Weighting(nn.Module):
         tasks: the task names, in a fixed order.
     """
 
-    manual_grad_sync: bool = False
+    manual_grad_sync: bool = False  # per-task gradients: the trainer syncs the combined gradient itself
+    needs_features: bool = False    # backward wants the shared features (model(..., return_features=True))
 
     def __init__(self, tasks: Iterable[str]) -> None:
         super().__init__()
@@ -43,7 +44,8 @@ class Weighting(nn.Module):
 
     def backward(self, task_losses: Mapping[str, Tensor], shared_parameters: Callable[[], Iterable[nn.Parameter]],
                  present: Mapping[str, bool] | None = None,
-                 scale: Callable[[Tensor], Tensor] = lambda loss: loss) -> tuple[Tensor, dict[str, Tensor]]:
+                 scale: Callable[[Tensor], Tensor] = lambda loss: loss,
+                 shared_features: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Backpropagate the combined loss; gradient-based methods override this.
 
         Args:
@@ -51,6 +53,7 @@ class Weighting(nn.Module):
             shared_parameters: returns the parameters shared by all tasks (used by gradient methods).
             present: as in ``forward``.
             scale: the AMP loss scaler's ``scale`` (identity without AMP).
+            shared_features: the shared representation, when ``needs_features`` is set.
 
         Returns:
             the combined loss (detached) and the weights to log.
