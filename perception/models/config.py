@@ -86,15 +86,17 @@ class DetectionConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = (list(CITYSCAPES_THING_CLASSES) if self.num_classes == len(CITYSCAPES_THING_CLASSES)
+                                else [f"class_{i}" for i in range(self.num_classes)])
+
     def validate(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes: got {self.num_classes}, expected at least 1")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names: got {len(self.class_names)} names for num_classes={self.num_classes}")
-        if not self.class_names:
-            self.class_names = (list(CITYSCAPES_THING_CLASSES) if self.num_classes == len(CITYSCAPES_THING_CLASSES)
-                                else [f"class_{i}" for i in range(self.num_classes)])
 
 
 @dataclass
@@ -113,15 +115,17 @@ class SegmentationConfig:
     channels: int = 128
     ignore_index: int = 255
 
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = (list(CITYSCAPES_CLASSES) if self.num_classes == len(CITYSCAPES_CLASSES)
+                                else [f"class_{i}" for i in range(self.num_classes)])
+
     def validate(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes: got {self.num_classes}, expected at least 1")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names: got {len(self.class_names)} names for num_classes={self.num_classes}")
-        if not self.class_names:
-            self.class_names = (list(CITYSCAPES_CLASSES) if self.num_classes == len(CITYSCAPES_CLASSES)
-                                else [f"class_{i}" for i in range(self.num_classes)])
 
 
 @dataclass

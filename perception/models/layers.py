@@ -5,8 +5,9 @@ from torch import nn
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
-    """The largest group count <= ``max_groups`` that divides ``channels`` (32 for the usual widths)."""
-    groups = min(max_groups, channels)
+    """The largest group count <= ``max_groups`` that divides ``channels`` and leaves at least two channels per
+    group (32 for the usual widths; a 1x1 map such as P7 of a small input still normalises over 2 values)."""
+    groups = max(1, min(max_groups, channels // 2))
     while channels % groups:
         groups -= 1
     return groups

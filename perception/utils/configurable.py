@@ -128,6 +128,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if key not in fields:
             raise ConfigError(unknown_key_message(str(key), fields, prefix))
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+    for name in fields.keys() - kwargs.keys():
+        # Nested sections left at their defaults are built the same way, so their checks run too.
+        if dataclasses.is_dataclass(hints[name]) and fields[name].default_factory is hints[name]:
+            kwargs[name] = from_dict(hints[name], {}, prefix=f"{prefix}{name}.")
     try:
         obj = cls(**kwargs)
     except TypeError as err:  # a required field without default
