@@ -1,0 +1,174 @@
+"""The geometry of inference: fit an image into the network input, and map predictions back.
+
+The contract shared with evaluation: resize keeping the aspect ratio so that the image fits inside the network
+size ``(H, W)`` (scale = min(H / h, W / w), no crop), then pad bottom/right with zeros to a multiple of 32.
+Predictions map back by dropping the padding and resizing to the original ``(h, w)``:
+
+- boxes are scaled by ``w / rw`` and ``h / rh`` (``rw x rh`` being the resized image) and clipped;
+- dense maps (segmentation logits, depth) are resized from the head's stride-4 grid straight to the original
+  pixels with one bilinear interpolation whose coordinate map is exact (original pixel centre -> network pixel
+  centre -> stride-4 cell), so there is no intermediate full-size network map and no half-pixel drift.
+
+``dense_to_original`` (PyTorch) and ``dense_to_original_numpy`` (the numpy reference for ONNX callers) compute
+the same thing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SIZE_DIVISOR = 32
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where one image of size ``(height, width)`` lies in the network input.
+
+    Attributes:
+        height, width: the original image size.
+        resized_height, resized_width: the size it was resized to (its top-left corner is at (0, 0)).
+        padded_height, padded_width: the network input size after padding to a multiple of 32.
+    """
+
+    height: int
+    width: int
+    resized_height: int
+    resized_width: int
+    padded_height: int
+    padded_width: int
+
+    @property
+    def resized_size(self) -> tuple[int, int]:
+        return self.resized_height, self.resized_width
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return self.padded_height, self.padded_width
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        """Network pixels per original pixel along x and y (the two differ by rounding only)."""
+        return self.resized_width / self.width, self.resized_height / self.height
+
+
+def round_up(value: int, divisor: int = SIZE_DIVISOR) -> int:
+    return -(-value // divisor) * divisor
+
+
+def fit_letterbox(height: int, width: int, network_size: tuple[int, int],
+                  size_divisor: int = SIZE_DIVISOR) -> Letterbox:
+    """The letterbox of an ``(height, width)`` image inside ``network_size`` ``(H, W)``.
+
+    Args:
+        height, width: original image size (> 0).
+        network_size: (H, W) the image must fit in; the aspect ratio is kept.
+        size_divisor: the padded size is a multiple of it.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size: got {height}x{width}, expected a non-empty image")
+    net_h, net_w = network_size
+    if net_h <= 0 or net_w <= 0:
+        raise ValueError(f"network image_size: got {tuple(network_size)}, expected two positive ints (H, W)")
+    scale = min(net_h / height, net_w / width)
+    # Round, but never beyond the network size (floating error) and never to an empty image.
+    resized_h = min(net_h, max(1, int(round(height * scale))))
+    resized_w = min(net_w, max(1, int(round(width * scale))))
+    return Letterbox(height, width, resized_h, resized_w, round_up(resized_h, size_divisor),
+                     round_up(resized_w, size_divisor))
+
+
+def resize_image(image: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+    """``image`` (ndarray[h, w, 3] uint8) resized to the letterbox's resized size (bilinear, as in training)."""
+    if image.shape[:2] == letterbox.resized_size:
+        return image
+    return cv2.resize(image, (letterbox.resized_width, letterbox.resized_height), interpolation=cv2.INTER_LINEAR)
+
+
+def letterbox_image(image: np.ndarray, network_size: tuple[int, int],
+                    size_divisor: int = SIZE_DIVISOR) -> tuple[np.ndarray, Letterbox]:
+    """Resize and zero-pad one image into the network input (numpy reference of the predictor's preprocessing).
+
+    Args:
+        image (ndarray[h, w, 3]): uint8 RGB.
+        network_size: (H, W) to fit in.
+
+    Returns:
+        ndarray[Hp, Wp, 3] uint8 and the :class:`Letterbox`.
+    """
+    box = fit_letterbox(image.shape[0], image.shape[1], network_size, size_divisor)
+    padded = np.zeros((box.padded_height, box.padded_width, 3), np.uint8)
+    padded[:box.resized_height, :box.resized_width] = resize_image(image, box)
+    return padded, box
+
+
+def boxes_to_original(boxes: Tensor | np.ndarray, letterbox: Letterbox) -> Tensor | np.ndarray:
+    """Boxes (Tensor or ndarray [N, 4], xyxy in network pixels) in original-image pixels, clipped to the image."""
+    sx, sy = letterbox.width / letterbox.resized_width, letterbox.height / letterbox.resized_height
+    if isinstance(boxes, Tensor):
+        scale = boxes.new_tensor([sx, sy, sx, sy])
+        out = boxes * scale
+        out[:, 0::2] = out[:, 0::2].clamp(0, letterbox.width)
+        out[:, 1::2] = out[:, 1::2].clamp(0, letterbox.height)
+        return out
+    out = np.asarray(boxes, np.float32) * np.array([sx, sy, sx, sy], np.float32)
+    out[:, 0::2] = out[:, 0::2].clip(0, letterbox.width)
+    out[:, 1::2] = out[:, 1::2].clip(0, letterbox.height)
+    return out
+
+
+def _dense_scales(letterbox: Letterbox, grid_size: tuple[int, int]) -> tuple[float, float]:
+    """Output-pixels per grid cell along y and x for a map on a grid covering the padded input."""
+    stride_y = letterbox.padded_height / grid_size[0]
+    stride_x = letterbox.padded_width / grid_size[1]
+    return (stride_y * letterbox.height / letterbox.resized_height,
+            stride_x * letterbox.width / letterbox.resized_width)
+
+
+def dense_to_original(x: Tensor, letterbox: Letterbox) -> Tensor:
+    """Resize a dense map that covers the padded network input to the original image, dropping the padding.
+
+    Args:
+        x (Tensor[B, C, h, w]): a map on a regular grid over the padded input (e.g. stride-4 logits).
+        letterbox: the image's letterbox.
+
+    Returns:
+        Tensor[B, C, height, width], bilinear (align_corners=False) with the exact coordinate map.
+    """
+    scale_y, scale_x = _dense_scales(letterbox, tuple(x.shape[-2:]))
+    # recompute_scale_factor=False makes interpolate map output pixel centres through exactly these scales; the
+    # tiny margin keeps floor(h * scale) from falling one pixel short of the original size through rounding.
+    out = F.interpolate(x, scale_factor=(scale_y * (1 + 1e-7), scale_x * (1 + 1e-7)), mode="bilinear",
+                        align_corners=False, recompute_scale_factor=False)
+    return out[..., :letterbox.height, :letterbox.width]
+
+
+def _linear_taps(out_size: int, in_size: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D bilinear resampling (PyTorch's align_corners=False convention)."""
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) / scale - 0.5
+    src = np.clip(src, 0.0, None)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = (src - i0).astype(np.float32)
+    return i0, i1, w1
+
+
+def dense_to_original_numpy(x: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+    """Numpy reference of :func:`dense_to_original` for one image.
+
+    Args:
+        x (ndarray[C, h, w]): a map on a regular grid over the padded input.
+
+    Returns:
+        ndarray[C, height, width] float32.
+    """
+    scale_y, scale_x = _dense_scales(letterbox, x.shape[-2:])
+    y0, y1, wy = _linear_taps(letterbox.height, x.shape[-2], scale_y)
+    x0, x1, wx = _linear_taps(letterbox.width, x.shape[-1], scale_x)
+    x = x.astype(np.float32, copy=False)
+    rows = x[:, y0] * (1 - wy)[None, :, None] + x[:, y1] * wy[None, :, None]       # [C, height, w]
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx                          # [C, height, width]
