@@ -40,6 +40,8 @@ class Batch:
         has: task -> Tensor[B] bool, which images carry that task's labels (always on the CPU, so that the
             trainer can read it without a device synchronisation).
         meta: per image dict (path, dataset, original size, ...).
+        skipped: ``"path: reason"`` for every sample skipped under ``skip_bad`` while this batch was loaded (the
+            trainer sums them over the epoch and reports them).
     """
 
     images: Tensor
@@ -49,6 +51,7 @@ class Batch:
     depth: Tensor
     has: dict[str, Tensor]
     meta: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -61,13 +64,13 @@ class Batch:
         """A copy with every tensor but ``has`` on ``device``."""
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Batch(move(self.images), [move(b) for b in self.boxes], [move(l) for l in self.labels],
-                     move(self.semantic), move(self.depth), self.has, self.meta)
+                     move(self.semantic), move(self.depth), self.has, self.meta, self.skipped)
 
     def pin_memory(self) -> "Batch":
         """Page-locked copy, called by ``DataLoader(pin_memory=True)`` for faster non-blocking copies."""
         return Batch(self.images.pin_memory(), [b.pin_memory() for b in self.boxes],
                      [l.pin_memory() for l in self.labels], self.semantic.pin_memory(), self.depth.pin_memory(),
-                     self.has, self.meta)
+                     self.has, self.meta, self.skipped)
 
 
 def _as_tensor(x: Any, dtype: torch.dtype) -> Tensor:
@@ -92,7 +95,8 @@ def collate(samples: Sequence[dict], size_divisor: int = 32) -> Batch:
     """Stack samples into a :class:`Batch`, padding bottom/right to a common size divisible by ``size_divisor``.
 
     Padding is 0 for images and depth (no measurement) and 255 for semantic labels (ignored), so it carries no
-    loss. A sample without a task's labels gets an all-ignore target and ``has[task] = False``.
+    loss. A sample without a task's labels gets an all-ignore target and ``has[task] = False``. The samples'
+    ``skipped`` lists (bad samples replaced under ``skip_bad``) are concatenated into ``Batch.skipped``.
     """
     if not samples:
         raise ValueError("collate: got an empty list of samples")
@@ -125,4 +129,5 @@ def collate(samples: Sequence[dict], size_divisor: int = 32) -> Batch:
             boxes.append(torch.zeros(0, 4, dtype=torch.float32))
             labels.append(torch.zeros(0, dtype=torch.int64))
     meta = [dict(s.get("meta", {})) for s in samples]
-    return Batch(out_images, boxes, labels, semantic, depth, has, meta)
+    skipped = [reason for s in samples for reason in s.get("skipped", ())]
+    return Batch(out_images, boxes, labels, semantic, depth, has, meta, skipped)
