@@ -61,7 +61,7 @@ def check_options(cls: type, options: dict, where: str) -> None:
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
-    valid = [n for n in params if n not in ("self", "root", "split")]
+    valid = [n for n in params if n not in ("self", "root", "split", "tasks")]
     for key in options:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
@@ -70,11 +70,22 @@ def check_options(cls: type, options: dict, where: str) -> None:
                               f"(valid: {', '.join(valid) or 'none'}).{hint}")
 
 
-def make_dataset(ds_cfg: DatasetConfig, where: str = "data") -> BaseDataset:
-    """The raw dataset described by one ``DatasetConfig``."""
+def make_dataset(ds_cfg: DatasetConfig, where: str = "data", tasks: Sequence[str] | None = None) -> BaseDataset:
+    """The raw dataset described by one ``DatasetConfig``.
+
+    Args:
+        ds_cfg: its configuration.
+        where: its place in the config, for error messages.
+        tasks: the tasks the model trains; a dataset whose constructor takes ``tasks`` loads (and requires the
+            files of) only these and those of ``ds_cfg.tasks``.
+    """
     cls = dataset_class(ds_cfg.type)
     check_options(cls, ds_cfg.options, where)
-    return cls(ds_cfg.root, ds_cfg.split, **ds_cfg.options)
+    options = dict(ds_cfg.options)
+    if "tasks" in inspect.signature(cls.__init__).parameters and "tasks" not in options and tasks is not None:
+        wanted = [t for t in TASK_KEYS if t in tasks and (not ds_cfg.tasks or t in ds_cfg.tasks)]
+        options["tasks"] = wanted or list(ds_cfg.tasks)
+    return cls(ds_cfg.root, ds_cfg.split, **options)
 
 
 def _dataset_tasks(dataset: BaseDataset, ds_cfg: DatasetConfig, tasks: Sequence[str], where: str) -> tuple[str, ...]:
@@ -144,7 +155,7 @@ def build_dataset(data_cfg: DataConfig, split: str, tasks: Sequence[str]) -> Mix
     if not cfgs:
         raise ConfigError(f"data.{split}: no datasets configured")
     wheres = [f"data.{split}[{i}]" for i in range(len(cfgs))]
-    datasets = [make_dataset(c, w) for c, w in zip(cfgs, wheres)]
+    datasets = [make_dataset(c, w, tasks) for c, w in zip(cfgs, wheres)]
     ds_tasks = [_dataset_tasks(d, c, tasks, w) for d, c, w in zip(datasets, cfgs, wheres)]
     classes = _mix_classes(datasets, ds_tasks, data_cfg, cfgs)
     label_maps, num_classes = [], []

@@ -1,0 +1,200 @@
+"""Cityscapes in its official layout: semantic trainIds, instance boxes and depth from stereo disparity.
+
+    {root}/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
+    {root}/gtFine/{split}/{city}/..._gtFine_labelIds.png      uint8 labelIds
+    {root}/gtFine/{split}/{city}/..._gtFine_instanceIds.png   uint16: labelId * 1000 + k per instance, the plain
+                                                              labelId (< 1000) for crowd and stuff regions
+    {root}/gtFine/{split}/{city}/..._gtFine_polygons.json     polygons (optional source of boxes)
+    {root}/disparity/{split}/{city}/..._disparity.png         uint16 p: disparity d = (p - 1) / 256, p = 0 invalid
+    {root}/camera/{split}/{city}/..._camera.json              extrinsic.baseline (m), intrinsic.fx (px)
+
+Label tables come from cityscapesscripts (``perception.data.labels``), not a retyped copy.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from perception.data.batch import TASK_KEYS
+from perception.data.datasets.base import BaseDataset
+from perception.data.io import DataError, read_image, read_json, read_label_image
+from perception.data.labels import cityscapes_instance_classes, cityscapes_instance_names, cityscapes_tables
+
+SUFFIX = "_leftImg8bit.png"
+
+
+def disparity_to_depth(code: np.ndarray, baseline: float, fx: float) -> np.ndarray:
+    """Cityscapes disparity PNG values -> depth in metres (0 where invalid).
+
+    Args:
+        code (ndarray[H, W] uint16): stored values p; disparity d = (p - 1) / 256 for p > 0, p = 0 invalid.
+        baseline: stereo baseline in metres (``camera.json`` extrinsic.baseline).
+        fx: focal length in pixels (intrinsic.fx).
+
+    Returns:
+        ndarray[H, W] float32: depth = baseline * fx / d where d > 0, else 0.
+    """
+    disparity = (code.astype(np.float32) - 1.0) / 256.0
+    valid = (code > 0) & (disparity > 0)
+    depth = np.zeros(code.shape, np.float32)
+    depth[valid] = np.float32(baseline * fx) / disparity[valid]
+    return depth
+
+
+def boxes_from_instance_ids(instance_ids: np.ndarray, classes: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the instances in a Cityscapes instanceIds image.
+
+    Args:
+        instance_ids (ndarray[H, W]): labelId * 1000 + k for instances; values below 1000 are crowd or stuff
+            regions and give no box.
+        classes: labelId -> detection label of the instance classes kept (others give no box).
+
+    Returns:
+        boxes (ndarray[N, 4] float32, xyxy pixels enclosing every pixel of the instance: x1 = last column + 1)
+        and labels (ndarray[N] int64), in increasing instance id order.
+    """
+    ids, inverse = np.unique(instance_ids, return_inverse=True)
+    inverse = inverse.reshape(instance_ids.shape)
+    boxes, labels = [], []
+    slices = ndimage.find_objects(inverse.astype(np.int32) + 1)
+    for i, (value, region) in enumerate(zip(ids, slices)):
+        if value < 1000 or region is None or int(value) // 1000 not in classes:
+            continue
+        rows, cols = region
+        boxes.append((cols.start, rows.start, cols.stop, rows.stop))
+        labels.append(classes[int(value) // 1000])
+    return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+
+
+def boxes_from_polygons(annotation: dict, names: Sequence[str], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the instance-class objects of a ``*_gtFine_polygons.json`` (group labels such as ``cargroup`` are
+    crowd regions and give no box; deleted objects are skipped)."""
+    height, width = int(annotation["imgHeight"]), int(annotation["imgWidth"])
+    boxes, labels = [], []
+    for obj in annotation.get("objects", []):
+        if obj.get("deleted") or obj.get("label") not in names:
+            continue
+        points = np.asarray(obj.get("polygon", []), np.float32).reshape(-1, 2)
+        if len(points) == 0:
+            raise DataError(f"{path}: object {obj['label']!r} has an empty polygon")
+        # Vertices are pixel coordinates that the rasteriser fills inclusively: the box ends one pixel after.
+        x0, y0 = np.clip(points.min(0), 0, None)
+        x1, y1 = np.minimum(points.max(0) + 1, (width, height))
+        boxes.append((x0, y0, x1, y1))
+        labels.append(names.index(obj["label"]))
+    return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+
+
+class CityscapesDataset(BaseDataset):
+    """Cityscapes (or any data written in its layout, such as the synthetic exporter's).
+
+    Args:
+        root: the folder holding ``leftImg8bit``, ``gtFine``, ``disparity`` and ``camera``.
+        split: ``train``, ``val`` or ``test``.
+        tasks: the tasks to load (default all three); only their folders are required.
+        level: semantic classes: ``trainId`` (19) or ``category`` (7).
+        boxes: source of the boxes: ``instanceIds`` or ``polygons``.
+        annotation: ``gtFine`` or ``gtCoarse``.
+    """
+
+    name = "cityscapes"
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None,
+                 level: str = "trainId", boxes: str = "instanceIds", annotation: str = "gtFine") -> None:
+        super().__init__(root, split)
+        if boxes not in ("instanceIds", "polygons"):
+            raise ValueError(f"boxes: got {boxes!r}, expected 'instanceIds' or 'polygons'")
+        tasks = tuple(TASK_KEYS) if not tasks else tuple(tasks)
+        for task in tasks:
+            if task not in TASK_KEYS:
+                raise ValueError(f"tasks: unknown task {task!r}; expected some of {', '.join(TASK_KEYS)}")
+        self.tasks = tuple(t for t in TASK_KEYS if t in tasks)
+        self.lut, semantic_names = cityscapes_tables(level)
+        self.instance_classes = cityscapes_instance_classes()
+        self.classes = {"detection": cityscapes_instance_names(), "segmentation": semantic_names}
+        self.boxes_from, self.annotation = boxes, annotation
+        self._require_dir(self.root, "dataset root")
+        self._require_dir(self.root / "leftImg8bit" / split, "image")
+        if "segmentation" in self.tasks or "detection" in self.tasks:
+            self._require_dir(self.root / annotation / split, "annotation")
+        if "depth" in self.tasks:
+            self._require_dir(self.root / "disparity" / split, "disparity")
+            self._require_dir(self.root / "camera" / split, "camera")
+        image_dir = self.root / "leftImg8bit" / split
+        self.images = self._require_nonempty(sorted(image_dir.glob(f"*/*{SUFFIX}")), image_dir, f"*/*{SUFFIX}")
+
+    def layout_hint(self) -> str:
+        return ("leftImg8bit/{split}/{city}/*_leftImg8bit.png, gtFine/{split}/{city}/*_gtFine_labelIds.png and "
+                "*_instanceIds.png, disparity/{split}/{city}/*_disparity.png, camera/{split}/{city}/*_camera.json")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def files(self, index: int) -> dict[str, Path]:
+        """The files of sample ``index`` by kind (they need not exist)."""
+        image = self.images[index]
+        city, stem = image.parent.name, image.name[: -len(SUFFIX)]
+        ann = self.root / self.annotation / self.split / city
+        return {"image": image, "semantic": ann / f"{stem}_{self.annotation}_labelIds.png",
+                "instance": ann / f"{stem}_{self.annotation}_instanceIds.png",
+                "polygons": ann / f"{stem}_{self.annotation}_polygons.json",
+                "depth": self.root / "disparity" / self.split / city / f"{stem}_disparity.png",
+                "camera": self.root / "camera" / self.split / city / f"{stem}_camera.json"}
+
+    def load(self, index: int) -> dict:
+        files = self.files(index)
+        image = read_image(files["image"])
+        sample: dict = {"image": image}
+        if "segmentation" in self.tasks:
+            sample["semantic"] = self.semantic(files["semantic"])
+        if "detection" in self.tasks:
+            box_file = files["instance"] if self.boxes_from == "instanceIds" else files["polygons"]
+            sample["boxes"], sample["labels"] = self.read_boxes(box_file)
+        camera = None
+        if "depth" in self.tasks:
+            camera = self.camera(files["camera"])
+            code = read_label_image(files["depth"], "disparity", np.uint16)
+            sample["depth"] = disparity_to_depth(code, camera["baseline"], camera["fx"])
+        meta_files = {"image": str(files["image"]), "semantic": str(files["semantic"]),
+                      "boxes": str(box_file) if "detection" in self.tasks else "", "depth": str(files["depth"])}
+        sample["meta"] = {"path": str(files["image"]), "dataset": self.name, "orig_size": image.shape[:2],
+                          "files": meta_files, **({"camera": camera} if camera else {})}
+        return sample
+
+    def semantic(self, path: Path) -> np.ndarray:
+        """labelIds PNG -> class ids of ``level`` (255 = ignore); ids outside the official table are an error."""
+        ids = read_label_image(path, "semantic label", np.uint8)
+        out = self.lut[ids]
+        if (out < 0).any():
+            bad = np.unique(ids[out < 0])
+            raise DataError(f"{path}: labelIds {bad[:10].tolist()} are not in the Cityscapes label table")
+        return out
+
+    def read_boxes(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if self.boxes_from == "polygons":
+            return boxes_from_polygons(read_json(path, "polygons"), self.classes["detection"], path)
+        ids = read_label_image(path, "instance", np.uint16)
+        label_ids = np.where(ids >= 1000, ids // 1000, ids)
+        if (self.lut[np.minimum(label_ids, 255)] < 0).any() or (label_ids > 255).any():
+            bad = np.unique(label_ids[(label_ids > 255) | (self.lut[np.minimum(label_ids, 255)] < 0)])
+            raise DataError(f"{path}: instance labelIds {bad[:10].tolist()} are not in the Cityscapes label table")
+        return boxes_from_instance_ids(ids, self.instance_classes)
+
+    @staticmethod
+    def camera(path: Path) -> dict:
+        """``{"baseline", "fx", "fy", "u0", "v0"}`` from a camera json."""
+        data = read_json(path, "camera")
+        try:
+            cam = {"baseline": float(data["extrinsic"]["baseline"]), "fx": float(data["intrinsic"]["fx"]),
+                   "fy": float(data["intrinsic"]["fy"]), "u0": float(data["intrinsic"]["u0"]),
+                   "v0": float(data["intrinsic"]["v0"])}
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{path}: camera JSON lacks {err} (expected extrinsic.baseline and intrinsic.fx, fy, "
+                            "u0, v0)") from None
+        if cam["baseline"] <= 0 or cam["fx"] <= 0:
+            raise DataError(f"{path}: camera baseline {cam['baseline']} and fx {cam['fx']} must be positive")
+        return cam
