@@ -170,6 +170,13 @@ class ModelConfig:
         detection: detection head settings (used when ``detection`` is in ``tasks``).
         segmentation: segmentation head settings.
         depth: depth head settings.
+        sharing: how the tasks share the trunk (backbone + FPN): ``hard`` (one trunk for all tasks), ``soft``
+            (one trunk per task, pulled together by ``soft_sharing_weight`` * the summed squared distance of
+            corresponding parameters) or ``cross_stitch`` (one backbone per task, stage outputs mixed by learned
+            task-by-task matrices, Misra et al. 2016; one FPN per task).
+        soft_sharing_weight: lambda of the ``soft`` sharing penalty.
+        cross_stitch_init: initial self weight of the cross-stitch matrices (the others share ``1 -`` it; 1 is
+            the identity: separate networks).
     """
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -178,9 +185,16 @@ class ModelConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
+    sharing: Literal["hard", "soft", "cross_stitch"] = "hard"
+    soft_sharing_weight: float = 1e-2
+    cross_stitch_init: float = 0.9
 
     def validate(self) -> None:
         check_tasks(self.tasks)
+        if self.soft_sharing_weight < 0:
+            raise ValueError(f"soft_sharing_weight: got {self.soft_sharing_weight}, expected a value >= 0")
+        if not 0.0 <= self.cross_stitch_init <= 1.0:
+            raise ValueError(f"cross_stitch_init: got {self.cross_stitch_init}, expected a value in [0, 1]")
 
 
 def check_tasks(tasks) -> list[str]:

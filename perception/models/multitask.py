@@ -110,6 +110,12 @@ class MultiTaskModel(nn.Module):
         for module in (self.backbone, self.neck):
             yield from (p for p in module.parameters() if p.requires_grad)
 
+    def last_shared_parameters(self) -> Iterator[nn.Parameter]:
+        """The last shared layer, the FPN's output convolutions (where GradNorm measures gradient norms)."""
+        from perception.models.sharing import pyramid_output_parameters
+
+        yield from (p for p in pyramid_output_parameters(self.neck) if p.requires_grad)
+
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         """Parameters of one task's head."""
         yield from (p for p in self.heads[task].parameters() if p.requires_grad)
@@ -145,4 +151,8 @@ def build_model(cfg: ModelConfig) -> MultiTaskModel:
             d = cfg.depth
             heads[task] = DepthHead(neck.out_channels, d.channels, neck.strides[:4], d.parameterization,
                                     d.min_depth, d.max_depth, d.loss, d.silog_lambda, d.silog_scale)
+    if cfg.sharing != "hard":  # soft / cross-stitch: one trunk per task, built from this backbone
+        from perception.models.sharing import build_sharing_model
+
+        return build_sharing_model(cfg, backbone, heads)
     return MultiTaskModel(backbone, neck, heads)

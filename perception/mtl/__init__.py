@@ -1,11 +1,25 @@
-"""Multi-task learning methods: how task losses are weighted and combined."""
+"""Multi-task learning methods: how task losses (or their gradients) are combined, and which tasks each step trains.
+
+Loss weightings (``forward``): equal/fixed, uncertainty, DWA, GradNorm (learned, gradient-based), RLW.
+Gradient methods (``backward``, per-task gradients of the shared parameters): PCGrad, MGDA-UB, CAGrad, Aligned-MTL.
+"""
 from __future__ import annotations
 
 from typing import Iterable
 
+from perception.mtl.aligned_mtl import AlignedMTL
 from perception.mtl.base import Weighting
-from perception.mtl.config import WEIGHTING_METHODS, WeightingConfig
+from perception.mtl.cagrad import CAGrad
+from perception.mtl.config import TASK_SCHEDULES, WEIGHTING_METHODS, TaskScheduleConfig, WeightingConfig
+from perception.mtl.dwa import DynamicWeightAverage
 from perception.mtl.fixed import FixedWeighting
+from perception.mtl.gradients import GradientWeighting
+from perception.mtl.gradnorm import GradNorm
+from perception.mtl.mgda import MGDA
+from perception.mtl.pcgrad import PCGrad
+from perception.mtl.rlw import RandomLossWeighting
+from perception.mtl.scheduling import (LossRatioScheduler, RandomScheduler, RoundRobinScheduler, TaskScheduler,
+                                       build_task_scheduler)
 from perception.mtl.uncertainty import UncertaintyWeighting
 
 
@@ -18,8 +32,24 @@ def build_weighting(cfg: WeightingConfig, tasks: Iterable[str]) -> Weighting:
         return FixedWeighting(tasks, cfg.weights)
     if cfg.method == "uncertainty":
         return UncertaintyWeighting(tasks, cfg.task_types, cfg.init_log_var)
+    if cfg.method == "dwa":
+        return DynamicWeightAverage(tasks, cfg.dwa_temperature)
+    if cfg.method == "gradnorm":
+        return GradNorm(tasks, cfg.gradnorm_alpha)
+    if cfg.method == "rlw":
+        return RandomLossWeighting(tasks)
+    if cfg.method == "pcgrad":
+        return PCGrad(tasks)
+    if cfg.method == "mgda":
+        return MGDA(tasks, cfg.mgda_on_features, cfg.mgda_normalization)
+    if cfg.method == "cagrad":
+        return CAGrad(tasks, cfg.cagrad_c)
+    if cfg.method == "aligned_mtl":
+        return AlignedMTL(tasks)
     raise ValueError(f"weighting.method: unknown {cfg.method!r}; allowed: {', '.join(WEIGHTING_METHODS)}")
 
 
-__all__ = ["WEIGHTING_METHODS", "FixedWeighting", "UncertaintyWeighting", "Weighting", "WeightingConfig",
-           "build_weighting"]
+__all__ = ["TASK_SCHEDULES", "WEIGHTING_METHODS", "AlignedMTL", "CAGrad", "DynamicWeightAverage", "FixedWeighting",
+           "GradNorm", "GradientWeighting", "LossRatioScheduler", "MGDA", "PCGrad", "RandomLossWeighting",
+           "RandomScheduler", "RoundRobinScheduler", "TaskScheduleConfig", "TaskScheduler", "UncertaintyWeighting",
+           "Weighting", "WeightingConfig", "build_task_scheduler", "build_weighting"]

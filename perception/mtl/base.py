@@ -1,4 +1,4 @@
-"""The interface every multi-task loss-weighting method implements."""
+"""The interface every multi-task loss-weighting and gradient method implements."""
 from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping, Sequence
@@ -9,7 +9,7 @@ from torch import Tensor, nn
 class Weighting(nn.Module):
     """Combines the per-task losses into the one scalar to backpropagate: the one place tasks meet.
 
-    Subclasses implement ``forward``. Methods that need per-task gradients (PCGrad, MGDA, ...) override
+    Loss-weighting methods implement ``forward``. Methods that need per-task gradients (PCGrad, MGDA, ...) override
     ``backward`` instead and set ``manual_grad_sync`` so that a distributed trainer runs the step under
     ``no_sync()`` and averages the combined gradient once. Learnable parameters (such as log-variances) live in the
     module: they are optimised with the model, get no weight decay and are saved in checkpoints.
@@ -17,6 +17,13 @@ class Weighting(nn.Module):
     Which tasks take part in a step: those in ``task_losses`` whose ``present`` flag is true. A task that is
     missing from ``task_losses`` (scheduled out) or absent from the batch's labels must leave the weighting's
     parameters of that task without a gradient, so that the optimizer does not move them.
+
+    The trainer's side of the contract, per step::
+
+        loss, weights = weighting.backward(task_losses, shared, present, scale, shared_features)
+
+    with ``shared = weighting.shared_parameters_fn(model)`` taken once at set-up, and
+    ``weighting.on_window_end()`` called at every log interval (where the trainer reads its losses anyway).
 
     Args:
         tasks: the task names, in a fixed order.
@@ -61,6 +68,20 @@ class Weighting(nn.Module):
         loss, weights = self(task_losses, present)
         scale(loss).backward()
         return loss.detach(), weights
+
+    def shared_parameters_fn(self, model: nn.Module) -> Callable[[], Iterable[nn.Parameter]]:
+        """What the trainer passes as ``shared_parameters`` for ``model`` (the unwrapped model, not a DDP wrapper).
+
+        The parameters every task depends on by default; GradNorm wants only the last shared layer.
+        """
+        return model.shared_parameters
+
+    def on_window_end(self) -> None:
+        """Close a window of the loss history. The trainer calls it at every log interval; a no-op by default.
+
+        Methods driven by averaged losses (DWA) keep device-side running sums during the steps and read them
+        here, so that no step waits for the device.
+        """
 
     def active_tasks(self, task_losses: Mapping[str, Tensor], present: Mapping[str, bool] | None) -> list[str]:
         """The tasks that take part in this step, in ``self.tasks`` order."""

@@ -1,0 +1,271 @@
+"""Parameter sharing between the tasks: the ``soft`` and ``cross_stitch`` alternatives to one shared trunk.
+
+``hard`` (the default, :class:`~perception.models.multitask.MultiTaskModel`): one backbone + FPN for all tasks.
+
+``soft`` (the classic soft parameter sharing, e.g. Duong et al. 2015): every task has its own backbone + FPN,
+started from identical weights and pulled together by ``lambda * sum_{a < b} sum_theta |theta_a - theta_b|^2``
+over corresponding parameters (detection's extra P6/P7 convolutions have no counterpart and are not pulled).
+
+``cross_stitch`` (Misra, Shrivastava, Gupta, Hebert, "Cross-stitch Networks for Multi-task Learning", CVPR 2016):
+every task has its own backbone; after each stage the tasks' outputs are mixed by a learned ``K x K`` matrix
+(``x~_i = sum_j alpha_ij x_j``), initialised near the identity (``alpha_ii = 0.9``, the rest sharing 0.1 as in
+the paper); every task reads its own mixed C2..C5 through its own FPN.
+
+Both keep ``MultiTaskModel``'s API (``forward``, ``compute_losses``, ``postprocess``, ``shared_parameters``), so the
+trainer and the predictor work unchanged. The soft penalty is returned by ``compute_losses`` as the one
+component that carries a gradient, ``components["sharing/penalty"]``, which the trainer backpropagates once per
+step next to the weighted task losses (it belongs to no task, so no weighting scales it).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from timm.models._features import FeatureDictNet
+from torch import Tensor, nn
+
+from perception.data.batch import Batch
+from perception.models.backbone import TimmBackbone
+from perception.models.config import ModelConfig
+from perception.models.multitask import HEAD_LEVELS, MultiTaskModel
+from perception.models.neck import FPN
+
+PENALTY_KEY = "sharing/penalty"
+
+
+def pyramid_output_parameters(neck: FPN) -> Iterator[nn.Parameter]:
+    """The FPN's output convolutions (3x3 on P2..P5, and P6/P7): the last layer before the heads."""
+    yield from neck.fpn.layer_blocks.parameters()
+    if neck.fpn.extra_blocks is not None:
+        yield from neck.fpn.extra_blocks.parameters()
+
+
+def backbone_stages(body: nn.Module) -> list[nn.Sequential]:
+    """Split a timm ``features_only`` model into consecutive stages, each ending at one of its outputs.
+
+    Running the stages in turn gives C2..C5, which lets several backbones run in lockstep and exchange their
+    stage outputs (cross-stitch). Supports timm's generic feature wrapper (ResNet, ConvNeXt, RegNet, ...) and the
+    EfficientNet/MobileNet feature classes.
+
+    Raises:
+        ValueError: for another feature wrapper, naming it.
+    """
+    stages: list[list[nn.Module]] = []
+    if isinstance(body, FeatureDictNet):                     # FeatureListNet derives from it
+        current: list[nn.Module] = []
+        for name, module in body.items():
+            current.append(module)
+            if name in body.return_layers:
+                stages.append(current)
+                current = []
+    elif hasattr(body, "_stage_out_idx") and getattr(body, "feature_hooks", None) is None:
+        current = [getattr(body, n) for n in ("conv_stem", "bn1", "act1") if hasattr(body, n)]
+        if 0 in body._stage_out_idx:
+            stages.append(current)
+            current = []
+        for i, block in enumerate(body.blocks):
+            current.append(block)
+            if i + 1 in body._stage_out_idx:
+                stages.append(current)
+                current = []
+    else:
+        raise ValueError(f"cross_stitch sharing: cannot run the stages of timm feature model "
+                         f"{type(body).__name__} one by one; use a backbone such as resnet*, convnext*, regnet*, "
+                         "efficientnet* or mobilenetv3*, or model.sharing hard/soft")
+    return [nn.Sequential(*modules) for modules in stages]
+
+
+def tie_initialisation(modules: Sequence[nn.Module]) -> None:
+    """Copy the first module's parameters and buffers into the others wherever names and shapes match."""
+    reference = modules[0].state_dict()
+    for module in modules[1:]:
+        own = module.state_dict()
+        shared = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
+        module.load_state_dict(shared, strict=False)
+
+
+class CrossStitchUnit(nn.Module):
+    """Mixes the tasks' feature maps of one stage: ``x~_i = sum_j alpha_ij x_j``.
+
+    Args:
+        num_tasks: K.
+        self_weight: initial ``alpha_ii``; the off-diagonal entries start at ``(1 - self_weight) / (K - 1)``.
+    """
+
+    def __init__(self, num_tasks: int, self_weight: float = 0.9) -> None:
+        super().__init__()
+        off = (1.0 - self_weight) / (num_tasks - 1) if num_tasks > 1 else 0.0
+        alpha = torch.full((num_tasks, num_tasks), off)
+        alpha.fill_diagonal_(self_weight if num_tasks > 1 else 1.0)
+        self.weight = nn.Parameter(alpha)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """Args: features: K tensors Tensor[B, C, H, W]. Returns: the K mixed tensors."""
+        mixed = torch.tensordot(self.weight.to(features[0].dtype), torch.stack(list(features)), dims=1)
+        return list(mixed.unbind(0))
+
+
+class PerTaskTrunkModel(MultiTaskModel):
+    """Base of the sharing modes with one backbone + FPN per task; the heads, losses and post-processing are
+    ``MultiTaskModel``'s.
+
+    ``forward_features`` returns a dict task -> pyramid, which ``forward_heads`` accepts. ``forward(...,
+    return_features=True)`` gives ``None`` as features: no representation is shared by all tasks, so MGDA
+    falls back to the shared parameters.
+
+    Args:
+        backbones: task -> backbone.
+        necks: task -> FPN.
+        heads: task -> head.
+    """
+
+    def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module]
+                 ) -> None:
+        # No single trunk: the parent's backbone/neck attributes are replaced by per-task dicts.
+        nn.Module.__init__(self)
+        self.heads = nn.ModuleDict(heads)
+        self.backbones = nn.ModuleDict({t: backbones[t] for t in self.tasks})
+        self.necks = nn.ModuleDict({t: necks[t] for t in self.tasks})
+
+    @property
+    def backbone(self) -> TimmBackbone:
+        """The first task's backbone (for metadata such as ``strides`` and ``out_channels``)."""
+        return self.backbones[self.tasks[0]]
+
+    @property
+    def neck(self) -> FPN:
+        """The first task's FPN (for metadata)."""
+        return self.necks[self.tasks[0]]
+
+    def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
+        """Task -> its pyramid [P2, ..., P5] (+ [P6, P7] for detection), for ``tasks`` (default: all)."""
+        raise NotImplementedError
+
+    def forward_heads(self, pyramids: dict[str, Sequence[Tensor]], tasks: Iterable[str] | None = None) -> dict:
+        tasks = self.tasks if tasks is None else self._check_subset(tasks)
+        return {t: self.heads[t](pyramids[t][HEAD_LEVELS[t]]) for t in tasks}
+
+    def forward(self, images: Tensor, tasks: Iterable[str] | None = None, return_features: bool = False):
+        tasks = self.tasks if tasks is None else self._check_subset(tasks)
+        outputs = self.forward_heads(self.forward_features(images, tasks), tasks)
+        return (outputs, None) if return_features else outputs
+
+    def last_shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Every task's FPN output convolutions, the last layer before each head (GradNorm's ``W``): a task's
+        loss reaches only its own, so the norm over all of them is that task's gradient norm."""
+        for neck in self.necks.values():
+            yield from (p for p in pyramid_output_parameters(neck) if p.requires_grad)
+
+    @staticmethod
+    def _check_images(images: Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected a Tensor[B, 3, H, W] of RGB images, got shape {tuple(images.shape)}")
+
+
+class SoftSharingModel(PerTaskTrunkModel):
+    """One trunk per task, with a penalty on the distance between corresponding parameters.
+
+    Args:
+        backbones, necks, heads: per task (started from identical weights by :func:`build_sharing_model`).
+        penalty_weight: lambda.
+    """
+
+    def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module],
+                 penalty_weight: float = 1e-2) -> None:
+        super().__init__(backbones, necks, heads)
+        self.penalty_weight = penalty_weight
+
+    def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
+        self._check_images(images)
+        tasks = self.tasks if tasks is None else self._check_subset(tasks)
+        return {t: self.necks[t](self.backbones[t](images)) for t in tasks}   # only the trunks that are needed
+
+    def _trunk_parameters(self, task: str) -> dict[str, nn.Parameter]:
+        named = {f"backbone.{n}": p for n, p in self.backbones[task].named_parameters()}
+        named.update({f"neck.{n}": p for n, p in self.necks[task].named_parameters()})
+        return {n: p for n, p in named.items() if p.requires_grad}
+
+    def sharing_penalty(self, tasks: Iterable[str] | None = None) -> Tensor:
+        """``lambda * sum over pairs of tasks of the squared distance of their corresponding parameters``.
+
+        Args:
+            tasks: the pairs among these tasks (default: all), e.g. the tasks trained this step.
+        """
+        tasks = self.tasks if tasks is None else list(tasks)
+        params = {t: self._trunk_parameters(t) for t in tasks}
+        device = next(iter(params[tasks[0]].values())).device if tasks and params[tasks[0]] else None
+        total = torch.zeros((), device=device)
+        for i, a in enumerate(tasks):
+            for b in tasks[i + 1:]:
+                names = [n for n in params[a] if n in params[b] and params[a][n].shape == params[b][n].shape]
+                if not names:
+                    continue
+                diffs = torch._foreach_sub([params[a][n] for n in names], [params[b][n] for n in names])
+                total = total + torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
+        return self.penalty_weight * total
+
+    def compute_losses(self, outputs: dict, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``MultiTaskModel.compute_losses`` plus ``components["sharing/penalty"]`` over the tasks in ``outputs``:
+        a scalar with a gradient, which the trainer adds to the backpropagated loss."""
+        task_losses, components = super().compute_losses(outputs, batch)
+        components[PENALTY_KEY] = self.sharing_penalty([t for t in self.tasks if t in outputs])
+        return task_losses, components
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """None: no parameter serves more than one task (the penalty couples them instead)."""
+        return iter(())
+
+
+class CrossStitchModel(PerTaskTrunkModel):
+    """Per-task backbones whose stage outputs are mixed by cross-stitch units; per-task FPNs.
+
+    Args:
+        backbones, necks, heads: per task.
+        init_self_weight: initial diagonal of the cross-stitch matrices (1: separate networks).
+    """
+
+    def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module],
+                 init_self_weight: float = 0.9) -> None:
+        super().__init__(backbones, necks, heads)
+        # Plain lists (not registered): the stages are views of the backbones' own modules.
+        self._stages = {t: backbone_stages(self.backbones[t].body) for t in self.tasks}
+        num_stages = {len(s) for s in self._stages.values()}
+        if num_stages != {4}:
+            raise ValueError(f"cross_stitch sharing: expected 4 backbone stages (C2..C5), found {sorted(num_stages)}")
+        self.units = nn.ModuleList([CrossStitchUnit(len(self.tasks), init_self_weight) for _ in range(4)])
+
+    def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
+        self._check_images(images)
+        tasks = self.tasks if tasks is None else self._check_subset(tasks)
+        # Every backbone runs (the mixing needs all of them); only the requested tasks' FPNs do.
+        xs = []
+        for t in self.tasks:
+            bb = self.backbones[t]
+            xs.append((images.to(bb.pixel_mean.dtype) - bb.pixel_mean) / bb.pixel_std)
+        features: list[list[Tensor]] = [[] for _ in self.tasks]
+        for level, unit in enumerate(self.units):
+            xs = unit([self._stages[t][level](x) for t, x in zip(self.tasks, xs)])
+            for per_task, x in zip(features, xs):
+                per_task.append(x)
+        return {t: self.necks[t](features[self.tasks.index(t)]) for t in tasks}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """The backbones and the cross-stitch units: every task's loss depends on all of them."""
+        for module in (self.backbones, self.units):
+            yield from (p for p in module.parameters() if p.requires_grad)
+
+
+def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[str, nn.Module]) -> MultiTaskModel:
+    """The ``soft`` or ``cross_stitch`` model: copies of ``backbone`` (identical weights) and one FPN per task
+    (detection's with P6/P7), started from identical weights where their parameters correspond."""
+    tasks = list(heads)
+    backbones = {t: backbone if i == 0 else copy.deepcopy(backbone) for i, t in enumerate(tasks)}
+    necks = {t: FPN(backbone.out_channels, cfg.neck.channels, backbone.strides, extra_levels=t == "detection")
+             for t in tasks}
+    tie_initialisation([necks[t] for t in tasks])
+    if cfg.sharing == "soft":
+        return SoftSharingModel(backbones, necks, heads, cfg.soft_sharing_weight)
+    if cfg.sharing == "cross_stitch":
+        return CrossStitchModel(backbones, necks, heads, cfg.cross_stitch_init)
+    raise ValueError(f"model.sharing: got {cfg.sharing!r}, expected 'hard', 'soft' or 'cross_stitch'")
