@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from perception.data.config import DataConfig
-from perception.engine.config import TrainConfig
+from perception.engine.config import EvalConfig, TrainConfig
 from perception.models.config import ModelConfig
 from perception.mtl.config import WeightingConfig
 from perception.utils.configurable import ConfigError, deep_merge, from_dict, to_dict
@@ -34,6 +34,7 @@ class Config:
         weighting: how task losses are combined.
         data: datasets and loading.
         train: optimisation and the loop.
+        eval: metrics and the multi-task gain.
         output_dir: run directory (config, checkpoints, logs, metrics).
         seed: global random seed.
     """
@@ -42,6 +43,7 @@ class Config:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/default"
     seed: int = 0
 

@@ -1,0 +1,224 @@
+"""One optimizer step of multi-task training, with no host synchronisation.
+
+    active = task_scheduler.select(step)                         # which tasks this step trains
+    outputs = model(images, tasks=active)                        # (+ the shared features for MGDA-UB-like methods)
+    task_losses, parts = model.compute_losses(outputs, batch)    # {task: scalar}
+    loss, weights = weighting.backward(task_losses, shared, present, scale, features)   # tasks meet here only
+    (repeat over the accumulated micro-batches) -> sync gradients -> unscale -> clip -> step -> EMA
+
+Non-finite steps: the step runs through ``torch.amp.GradScaler`` and a fused optimizer. The scaler checks the
+gradients for inf/NaN on the device and hands the flag to the fused kernel, which then leaves the parameters and
+its state untouched: the step is skipped without the host ever waiting for the device. A non-finite task loss
+poisons the gradient so that it is skipped the same way even if its gradient happened to be finite. Without
+fp16 the scaler's scale stays exactly 1. Counters (steps skipped, consecutive non-finite losses per task) are
+device tensors that the trainer reads at its log interval.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from perception.data.batch import Batch
+from perception.engine.distributed import average_gradients
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16; otherwise a scaler with scale fixed at 1 that only detects inf/NaN."""
+    if amp == "fp16":
+        return torch.amp.GradScaler(device.type)
+    return torch.amp.GradScaler(device.type, init_scale=1.0, growth_interval=2 ** 30)
+
+
+class TrainStep:
+    """Runs optimizer steps and keeps device-side statistics of them.
+
+    Args:
+        model: what is called for the forward: the network, or its DDP and/or ``torch.compile`` wrapper.
+        module: the plain network (``compute_losses``, parameters, EMA source).
+        weighting: the multi-task weighting (:class:`perception.mtl.Weighting`).
+        optimizer: over the network's and the weighting's parameters.
+        lr_scheduler: stepped once per optimizer step.
+        scaler: from :func:`make_grad_scaler`.
+        task_scheduler: ``select(step)`` -> the tasks to train at ``step``.
+        device: where the step computes.
+        amp: ``none``, ``bf16`` or ``fp16``.
+        grad_clip: max global gradient norm (0: no clipping, the norm is still measured).
+        channels_last: feed the images in NHWC memory format.
+        distributed: running under DDP (``model`` is the DDP wrapper).
+        ema: a timm ``ModelEmaV3`` of ``module``, or None.
+    """
+
+    def __init__(self, model: nn.Module, module: nn.Module, weighting: nn.Module, optimizer: torch.optim.Optimizer,
+                 lr_scheduler, scaler: torch.amp.GradScaler, task_scheduler, device: torch.device,
+                 amp: str = "none", grad_clip: float = 0.0, channels_last: bool = False, distributed: bool = False,
+                 ema: nn.Module | None = None) -> None:
+        self.model = model
+        self.module = module
+        self.weighting = weighting
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.scaler = scaler
+        self.task_scheduler = task_scheduler
+        self.device = device
+        self.amp_dtype = AMP_DTYPES[amp]
+        self.grad_clip = grad_clip
+        self.channels_last = channels_last
+        self.distributed = distributed
+        self.ema = ema
+        self.tasks = list(module.tasks)
+        shared_fn = getattr(weighting, "shared_parameters_fn", None)
+        self.shared_parameters: Callable = shared_fn(module) if shared_fn else module.shared_parameters
+        self.parameters = [p for p in list(module.parameters()) + list(weighting.parameters()) if p.requires_grad]
+        self.stats = self._zero_stats()
+        self.skipped_total = torch.zeros((), dtype=torch.int64, device=device)
+        self.nonfinite_streak = torch.zeros(len(self.tasks), dtype=torch.int64, device=device)
+        self.last_weights: dict[str, Tensor] = {}
+        self._masks: dict[tuple, Tensor] = {}
+
+    # ----------------------------------------------------------------------------------------------- statistics
+    def _zero_stats(self) -> dict[str, Tensor]:
+        t = len(self.tasks)
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=self.device)  # noqa: E731
+        return {"loss_sum": z(t), "loss_count": z(t), "total_sum": z(()), "steps": z(()), "skipped": z(()),
+                "grad_norm_sum": z(()), "components": {}}
+
+    def pop_stats(self) -> dict[str, Tensor]:
+        """The window's device-side sums since the last call, and a fresh window."""
+        stats, self.stats = self.stats, self._zero_stats()
+        return stats
+
+    # ----------------------------------------------------------------------------------------- forward/backward
+    def forward_backward(self, batch: Batch, active: Sequence[str], loss_scale: float = 1.0
+                         ) -> tuple[dict[str, Tensor], Tensor]:
+        """Forward one micro-batch and backpropagate its (weighted) loss; the gradients accumulate.
+
+        Args:
+            batch: the micro-batch (already on the device).
+            active: the tasks to train.
+            loss_scale: multiplies the loss (1 / micro-batches per step).
+
+        Returns:
+            the detached task losses and the combined loss.
+        """
+        images = batch.images
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            if getattr(self.weighting, "needs_features", False):
+                outputs, features = self.model(images, tasks=active, return_features=True)
+            else:
+                outputs, features = self.model(images, tasks=active), None
+            task_losses, components = self.module.compute_losses(outputs, batch)
+        scale = lambda loss: self.scaler.scale(loss * loss_scale)  # noqa: E731
+        loss, weights = self.weighting.backward(task_losses, self.shared_parameters, present=batch.present(),
+                                                scale=scale, shared_features=features)
+        self.last_weights = weights
+        comp = self.stats["components"]
+        for key, value in components.items():
+            comp[key] = comp.get(key, 0.0) + value.detach().float() * loss_scale
+        return {t: v.detach() for t, v in task_losses.items()}, loss.detach()
+
+    def _sync_context(self, micro: int, num_micro: int):
+        """DDP all-reduces on the last micro-batch only, or never when the weighting syncs by hand."""
+        if not self.distributed:
+            return contextlib.nullcontext()
+        manual = getattr(self.weighting, "manual_grad_sync", False)
+        if manual or micro < num_micro - 1:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def sync_gradients(self) -> None:
+        """Average what DDP does not: the weighting's gradients, and everything under ``manual_grad_sync``."""
+        if not self.distributed:
+            return
+        if getattr(self.weighting, "manual_grad_sync", False):
+            average_gradients(self.module.parameters())
+        average_gradients(self.weighting.parameters())
+
+    # --------------------------------------------------------------------------------------------------- step
+    def _active_mask(self, active: Sequence[str]) -> Tensor:
+        # Cached per task subset: building it from a host list every step would be a blocking copy on CUDA.
+        key = tuple(t in active for t in self.tasks)
+        if key not in self._masks:
+            self._masks[key] = torch.tensor(key, device=self.device)
+        return self._masks[key]
+
+    def __call__(self, batches: Sequence[Batch], step: int) -> None:
+        """One optimizer step over ``batches`` (the micro-batches of gradient accumulation).
+
+        Args:
+            batches: micro-batches on the device.
+            step: the index of this optimizer step (for the task scheduler and the EMA warm-up).
+        """
+        active = self.task_scheduler.select(step)
+        active_mask = self._active_mask(active)
+        losses = torch.zeros(len(self.tasks), device=self.device)
+        total = torch.zeros((), device=self.device)
+        for micro, batch in enumerate(batches):
+            with self._sync_context(micro, len(batches)):
+                task_losses, loss = self.forward_backward(batch, active, 1.0 / len(batches))
+            zero = torch.zeros((), device=self.device)
+            losses = losses + torch.stack([task_losses.get(t, zero).float() for t in self.tasks]) / len(batches)
+            total = total + loss.float() / len(batches)
+        self.sync_gradients()
+
+        # A non-finite loss must skip the step even if its gradient came out finite: poison one gradient.
+        loss_bad = ~torch.isfinite(losses) & active_mask                                   # [T]
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        if grads:
+            grads[0].add_(torch.where(loss_bad.any(), torch.nan, 0.0).to(grads[0].dtype))
+
+        # Unscale (a no-op at scale 1), clip, step: the fused optimizer skips the update if found_inf.
+        self.scaler.unscale_(self.optimizer)
+        if self.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip, foreach=True)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+        self.scaler.step(self.optimizer)
+        if self.amp_dtype is torch.float16:
+            self.scaler.update()
+        else:
+            self.scaler.update(1.0)  # detection only: keep the scale exactly 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.module, step=step + 1)
+
+        # Statistics, all on the device.
+        skipped = ~torch.isfinite(grad_norm)
+        self.skipped_total += skipped
+        self.nonfinite_streak.copy_(torch.where(active_mask, (self.nonfinite_streak + 1) * loss_bad,
+                                                self.nonfinite_streak))
+        finite = torch.isfinite(losses) & active_mask
+        s = self.stats
+        s["loss_sum"] += torch.where(finite, losses, 0.0)
+        s["loss_count"] += finite
+        s["total_sum"] += torch.where(torch.isfinite(total), total, 0.0)
+        s["steps"] += 1
+        s["skipped"] += skipped
+        s["grad_norm_sum"] += torch.where(skipped, 0.0, grad_norm.float())
+
+
+def read_window(stats: dict[str, Tensor], tasks: Sequence[str]) -> dict[str, float]:
+    """Host-side averages of a statistics window (one synchronisation): ``loss/<task>``, ``loss/total``,
+    ``grad_norm``, ``skipped_steps`` and the loss components."""
+    flat = torch.cat([stats["loss_sum"], stats["loss_count"], stats["total_sum"][None], stats["steps"][None],
+                      stats["skipped"][None], stats["grad_norm_sum"][None]]
+                     + [v.reshape(1) for v in stats["components"].values()]).tolist()
+    t = len(tasks)
+    sums, counts = flat[:t], flat[t:2 * t]
+    total, steps, skipped, grad_norm = flat[2 * t:2 * t + 4]
+    out = {f"loss/{task}": sums[i] / counts[i] for i, task in enumerate(tasks) if counts[i] > 0}
+    good = max(steps - skipped, 1.0)
+    out["loss/total"] = total / max(steps, 1.0)
+    out["grad_norm"] = grad_norm / good if steps > skipped else math.nan
+    out["skipped_steps"] = skipped
+    for key, value in zip(stats["components"], flat[2 * t + 4:]):
+        out[f"loss/{key}"] = value / max(steps, 1.0)
+    return out
