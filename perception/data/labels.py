@@ -103,7 +103,8 @@ def build_label_map(native: Mapping[str, Sequence[str]], target: Mapping[str, Se
     Args:
         native: task -> the dataset's class names.
         target: task -> the mix's class names (empty: keep the native ids).
-        class_map: native name -> mix name, or ``None`` to drop the class.
+        class_map: native name -> mix name, or ``None`` to drop the class; the key ``"*"`` (value ``None``) drops
+            every class that is neither mapped nor named like a class of the mix.
         dataset: the dataset's description for error messages.
 
     Raises:
@@ -111,8 +112,11 @@ def build_label_map(native: Mapping[str, Sequence[str]], target: Mapping[str, Se
             or a native class that maps nowhere.
     """
     all_native = {name for task in LABEL_TASKS for name in native.get(task, ())}
+    if class_map.get("*", None) is not None:
+        raise ConfigError(f"{dataset}: class_map['*'] must be null (drop every class not mapped otherwise), got "
+                          f"{class_map['*']!r}")
     for name in class_map:
-        if name not in all_native:
+        if name not in all_native and name != "*":
             close = difflib.get_close_matches(name, sorted(all_native), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{dataset}: class_map key {name!r} is not a class of this dataset.{hint}")
@@ -122,14 +126,14 @@ def build_label_map(native: Mapping[str, Sequence[str]], target: Mapping[str, Se
         wanted = list(target.get(task, ()))
         if not names:
             continue
-        if not wanted and not any(class_map.get(n, n) != n for n in names):
+        if not wanted and not any(class_map.get(n, n) != n for n in names) and "*" not in class_map:
             maps[task] = None
             continue
         space = wanted or names
         lut = np.full(len(names), drop, np.int64)
         unmapped = []
         for i, name in enumerate(names):
-            mapped = class_map.get(name, name)
+            mapped = class_map[name] if name in class_map else name if name in space or "*" not in class_map else None
             if mapped is None:
                 continue
             if mapped not in space:
