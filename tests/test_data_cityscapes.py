@@ -10,7 +10,7 @@ from cityscapesscripts.helpers.labels import labels as cs_labels
 from perception.data.datasets.cityscapes import (CityscapesDataset, boxes_from_instance_ids, disparity_to_depth)
 from perception.data.io import DataError
 from perception.data.labels import cityscapes_instance_names, cityscapes_tables
-from tests._data_utils import tiny_cityscapes, write_png
+from _data_utils import tiny_cityscapes, write_png
 
 
 def test_trainid_table_matches_cityscapesscripts():

@@ -105,27 +105,22 @@ def _dataset_tasks(dataset: BaseDataset, ds_cfg: DatasetConfig, tasks: Sequence[
 
 def _mix_classes(datasets: Sequence[BaseDataset], tasks: Sequence[tuple[str, ...]], data_cfg: DataConfig,
                  cfgs: Sequence[DatasetConfig]) -> dict[str, list[str]]:
-    """The class names of the mix per task: the configured ones, or the datasets' own when they all agree."""
+    """The class names of the mix per task: the configured ones, else those of the first dataset labelling the
+    task (after its ``class_map``); the other datasets map onto them by name (checked by ``build_label_map``)."""
     configured = {"detection": list(data_cfg.detection_classes), "segmentation": list(data_cfg.semantic_classes)}
     out = {}
     for task in LABEL_TASKS:
         if configured[task]:
             out[task] = configured[task]
             continue
-        natives = [(d, [c.class_map.get(n, n) for n in d.classes.get(task, [])])
-                   for d, t, c in zip(datasets, tasks, cfgs) if task in t]
-        natives = [(d, [n for n in names if n is not None]) for d, names in natives]
-        if not natives:
+        users = [(d, c) for d, t, c in zip(datasets, tasks, cfgs) if task in t]
+        if not users:
             continue
-        first = natives[0][1]
-        for d, names in natives[1:]:
-            if names != first:
-                key = "detection_classes" if task == "detection" else "semantic_classes"
-                raise ConfigError(f"data: the {task} classes of {natives[0][0].describe()} ({first}) and "
-                                  f"{d.describe()} ({names}) differ; set data.{key} and map each dataset's names "
-                                  "onto it with class_map")
-        if any(c.class_map for c in cfgs):
-            out[task] = first
+        first, cfg = users[0]
+        names = [cfg.class_map.get(n, n) for n in first.classes.get(task, [])]
+        names = list(dict.fromkeys(n for n in names if n is not None))  # renames may merge classes
+        if len(users) > 1 or cfg.class_map:
+            out[task] = names
     return out
 
 
@@ -143,7 +138,8 @@ def build_dataset(data_cfg: DataConfig, split: str, tasks: Sequence[str]) -> Mix
         ``tasks`` (the tasks some dataset labels), ``classes`` (task -> class names of the mix) and ``sizes``.
 
     Raises:
-        ConfigError: an unknown dataset type or option, a task no dataset provides, clashing class sets.
+        ConfigError: an unknown dataset type or option, a dataset that labels none of ``tasks``, a class that maps
+            onto no class of the mix.
         DataError: a dataset folder that is missing, empty or laid out differently than expected.
     """
     if split not in SPLITS:

@@ -97,7 +97,7 @@ class DataConfig:
         samples_per_epoch: training samples per epoch over all processes (0: the sum of the datasets' sizes).
         skip_bad: skip unreadable or invalid samples (counted in ``Batch.skipped``) instead of stopping.
         detection_classes: the mix's detection classes, by name; datasets map their own names onto them (empty:
-            every dataset's native classes, which must then agree).
+            the first dataset's classes, after its ``class_map``; the other datasets map onto them by name).
         semantic_classes: the same for segmentation.
         size_divisor: batches are padded to a multiple of this (the network's largest stride).
     """

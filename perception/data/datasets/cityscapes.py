@@ -108,11 +108,10 @@ class CityscapesDataset(BaseDataset):
         super().__init__(root, split)
         if boxes not in ("instanceIds", "polygons"):
             raise ValueError(f"boxes: got {boxes!r}, expected 'instanceIds' or 'polygons'")
-        tasks = tuple(TASK_KEYS) if not tasks else tuple(tasks)
-        for task in tasks:
+        for task in tasks or ():
             if task not in TASK_KEYS:
                 raise ValueError(f"tasks: unknown task {task!r}; expected some of {', '.join(TASK_KEYS)}")
-        self.tasks = tuple(t for t in TASK_KEYS if t in tasks)
+        self.tasks = tuple(t for t in TASK_KEYS if t in tasks) if tasks else tuple(TASK_KEYS)
         self.lut, semantic_names = cityscapes_tables(level)
         self.instance_classes = cityscapes_instance_classes()
         self.classes = {"detection": cityscapes_instance_names(), "segmentation": semantic_names}

@@ -27,18 +27,14 @@ class COCODetectionDataset(BaseDataset):
         annotations: the COCO json (default ``{root}/annotations.json``).
         categories: keep only these category names (default all), in this label order.
         skip_empty: leave out images without any non-crowd box.
-        tasks: ``["detection"]`` (the only task).
     """
 
     name = "coco"
     tasks = ("detection",)
 
     def __init__(self, root: str | os.PathLike, split: str = "train", annotations: str | None = None,
-                 categories: Sequence[str] | None = None, skip_empty: bool = False,
-                 tasks: Sequence[str] | None = None) -> None:
+                 categories: Sequence[str] | None = None, skip_empty: bool = False) -> None:
         super().__init__(root, split)
-        if tasks and list(tasks) != ["detection"]:
-            raise ValueError(f"tasks: a COCO detection set labels only detection, got {list(tasks)}")
         from pycocotools.coco import COCO
 
         self._require_dir(self.root, "image")

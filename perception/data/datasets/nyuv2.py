@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from perception.data.batch import IGNORE_INDEX
+from perception.data.batch import IGNORE_INDEX, TASK_KEYS
 from perception.data.datasets.base import BaseDataset
 from perception.data.io import DataError, read_image, read_label_image, require_file
 
@@ -137,11 +137,12 @@ def _class_names(num_classes: int) -> list[str]:
 
 
 def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
-    tasks = ("segmentation", "depth") if not tasks else tuple(tasks)
-    for task in tasks:
-        if task not in ("segmentation", "depth"):
-            raise ValueError(f"tasks: NYUv2 labels segmentation and depth, not {task!r}")
-    return tuple(t for t in ("segmentation", "depth") if t in tasks)
+    """The wanted tasks that NYUv2 labels (segmentation, depth; all of them when none is wanted)."""
+    for task in tasks or ():
+        if task not in TASK_KEYS:
+            raise ValueError(f"tasks: unknown task {task!r}; expected some of {', '.join(TASK_KEYS)}")
+    kept = tuple(t for t in ("segmentation", "depth") if t in (tasks or ()))
+    return kept or ("segmentation", "depth")
 
 
 class NYUv2MatDataset(BaseDataset):
