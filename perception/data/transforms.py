@@ -62,7 +62,7 @@ class JointTransform:
         self.train = train
         self.augment = augment or AugmentConfig()
         self.compose = A.Compose(
-            self._transforms(),
+            self._transforms(),  # the training zoom happens before, in ``resize_sample``
             bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
                                      filter_invalid_bboxes=True, min_visibility=self.augment.min_visibility if train
                                      else 0.0, min_width=self.augment.min_box_size if train else 0.0,
@@ -71,17 +71,14 @@ class JointTransform:
 
     def _transforms(self) -> list:
         height, width = self.image_size
-        fit = A.LongestMaxSize(max_size_hw=(height, width), interpolation=cv2.INTER_LINEAR,
-                               mask_interpolation=cv2.INTER_NEAREST, area_for_downscale="image", p=1.0)
         if not self.train:
-            return [fit]
+            return [A.LongestMaxSize(max_size_hw=(height, width), interpolation=cv2.INTER_LINEAR,
+                                     mask_interpolation=cv2.INTER_NEAREST_EXACT, area_for_downscale="image", p=1.0)]
         aug = self.augment
-        out = [fit]
-        if aug.scale != (1.0, 1.0):
-            out.append(A.RandomScale(scale_limit=(aug.scale[0] - 1.0, aug.scale[1] - 1.0),
-                                     interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, p=1.0))
-        out.append(A.RandomCrop(height, width, pad_if_needed=True, pad_position="random",
-                                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0))
+        # The fit and the random zoom are one resize done before the pipeline (see ``resize_sample``): resizing
+        # twice would compound the nearest-neighbour rounding of the masks (and cost a second pass).
+        out = [A.RandomCrop(height, width, pad_if_needed=True, pad_position="random",
+                            border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0)]
         if aug.hflip > 0:
             out.append(A.HorizontalFlip(p=aug.hflip))
         if aug.color_p > 0:
@@ -104,11 +101,12 @@ class JointTransform:
         Returns:
             The same keys with ``image`` Tensor[3, H, W] uint8, ``semantic`` Tensor[H, W] int64, ``depth``
             Tensor[H, W] float32, ``boxes`` Tensor[N, 4] float32, ``labels`` Tensor[N] int64; ``meta`` gains
-            ``orig_size``, ``input_size`` (before padding; also as ``image_size``), ``scale`` (fit scale), and for training ``zoom`` and
-            ``flipped``.
+            ``orig_size``, ``input_size`` (the size before batch padding; also as ``image_size``), ``scale`` (the
+            fit scale), and for training ``zoom`` and ``flipped``. ``meta["camera"]`` still describes the original
+            image.
         """
-        if seed is not None:
-            self.compose.set_random_seed(seed)
+        rng = np.random.default_rng(seed)
+        self.compose.set_random_seed(int(rng.integers(2**31 - 1)))
         image = sample["image"]
         height, width = image.shape[:2]
         inputs = {"image": image}
@@ -120,10 +118,15 @@ class JointTransform:
         boxes = np.asarray(sample.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
         inputs["bboxes"] = boxes
         inputs["labels"] = np.asarray(sample.get("labels", np.zeros(0)), np.int64).reshape(-1)
+        zoom = 1.0
+        if self.train:
+            low, high = self.augment.scale
+            zoom = float(rng.uniform(low, high)) if high > low else float(low)
+            scale = fit_scale(height, width, self.image_size) * zoom
+            inputs = resize_sample(inputs, max(1, round(height * scale)), max(1, round(width * scale)))
         out = self.compose(**inputs)
 
         params = dict(out["applied_transforms"])
-        zoom = float(params.get("RandomScale", {}).get("scale", 1.0))
         meta = dict(sample.get("meta", {}))
         input_size = tuple(out["image"].shape[:2])
         meta.update(orig_size=(height, width), input_size=input_size, image_size=input_size,
@@ -144,6 +147,27 @@ class JointTransform:
         if "skipped" in sample:
             result["skipped"] = sample["skipped"]
         return result
+
+
+def resize_sample(inputs: dict, height: int, width: int) -> dict:
+    """Resize the albumentations inputs (``image``, ``mask``, ``depth``, ``bboxes``) to ``height`` x ``width``.
+
+    The image uses area averaging when shrinking and bilinear otherwise; masks and depth use pixel-centre nearest
+    neighbour (``INTER_NEAREST_EXACT``), so no class or depth is blended across an edge and a mask's edges stay
+    within half a pixel of the scaled boxes.
+    """
+    h, w = inputs["image"].shape[:2]
+    if (h, w) == (height, width):
+        return inputs
+    out = dict(inputs)
+    shrink = height * width < h * w
+    out["image"] = cv2.resize(inputs["image"], (width, height),
+                              interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    for key in ("mask", "depth"):
+        if key in inputs:
+            out[key] = cv2.resize(inputs[key], (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    out["bboxes"] = inputs["bboxes"] * np.array([width / w, height / h, width / w, height / h], np.float32)
+    return out
 
 
 def restore_semantic(pred: Tensor, input_size: Sequence[int], orig_size: Sequence[int]) -> Tensor:
