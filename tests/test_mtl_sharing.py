@@ -23,7 +23,7 @@ def batch():
 
 
 def _single_task_net(model, task):
-    return MultiTaskModel(model.backbones[task], model.necks[task], {task: model.heads[task]})
+    return MultiTaskModel(model.backbone[task], model.neck[task], {task: model.heads[task]})
 
 
 def _assert_outputs_close(a, b):
@@ -57,8 +57,8 @@ def test_cross_stitch_at_identity_equals_separate_networks(batch):
     # Task losses reach the other tasks' backbones only through the (learned) mixing weights.
     task_losses, _ = model.compute_losses(model.train()(batch.images), batch)
     task_losses["depth"].backward()
-    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.backbones["detection"].parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbones["depth"].parameters())
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.backbone["detection"].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone["depth"].parameters())
     assert all(unit.weight.grad[2, 0].abs() > 0 for unit in model.units)   # alpha_{depth, detection} learns
 
     # Away from the identity the tasks' features mix.
@@ -76,7 +76,7 @@ def test_soft_sharing_penalty_is_zero_when_tied_and_pulls_parameters_together(ba
     assert isinstance(model, SoftSharingModel) and list(model.shared_parameters()) == []
     assert model.sharing_penalty().item() == 0.0                      # every trunk starts from the same weights
     # Perturb one parameter of the depth trunk by d: the penalty is lambda * |d|^2 per pair that contains it.
-    param = next(model.backbones["depth"].parameters())
+    param = next(model.backbone["depth"].parameters())
     delta = 0.01 * torch.randn_like(param)
     with torch.no_grad():
         param.add_(delta)
@@ -87,9 +87,9 @@ def test_soft_sharing_penalty_is_zero_when_tied_and_pulls_parameters_together(ba
     penalty = model.sharing_penalty()
     penalty.backward()
     torch.testing.assert_close(param.grad, 2 * 0.5 * 2 * delta)
-    torch.testing.assert_close(next(model.backbones["detection"].parameters()).grad, -2 * 0.5 * delta)
+    torch.testing.assert_close(next(model.backbone["detection"].parameters()).grad, -2 * 0.5 * delta)
     with torch.no_grad():
-        for trunk in ("backbones", "necks"):
+        for trunk in ("backbone", "neck"):
             for module in getattr(model, trunk).values():
                 for p in module.parameters():
                     if p.grad is not None:

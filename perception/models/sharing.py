@@ -122,21 +122,12 @@ class PerTaskTrunkModel(MultiTaskModel):
 
     def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module]
                  ) -> None:
-        # No single trunk: the parent's backbone/neck attributes are replaced by per-task dicts.
+        # No single trunk: ``backbone`` and ``neck`` are task -> module dicts, so that parameter names keep their
+        # ``backbone.`` / ``neck.`` prefixes (the optimizer's backbone learning-rate multiplier relies on them).
         nn.Module.__init__(self)
         self.heads = nn.ModuleDict(heads)
-        self.backbones = nn.ModuleDict({t: backbones[t] for t in self.tasks})
-        self.necks = nn.ModuleDict({t: necks[t] for t in self.tasks})
-
-    @property
-    def backbone(self) -> TimmBackbone:
-        """The first task's backbone (for metadata such as ``strides`` and ``out_channels``)."""
-        return self.backbones[self.tasks[0]]
-
-    @property
-    def neck(self) -> FPN:
-        """The first task's FPN (for metadata)."""
-        return self.necks[self.tasks[0]]
+        self.backbone = nn.ModuleDict({t: backbones[t] for t in self.tasks})
+        self.neck = nn.ModuleDict({t: necks[t] for t in self.tasks})
 
     def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
         """Task -> its pyramid [P2, ..., P5] (+ [P6, P7] for detection), for ``tasks`` (default: all)."""
@@ -154,7 +145,7 @@ class PerTaskTrunkModel(MultiTaskModel):
     def last_shared_parameters(self) -> Iterator[nn.Parameter]:
         """Every task's FPN output convolutions, the last layer before each head (GradNorm's ``W``): a task's
         loss reaches only its own, so the norm over all of them is that task's gradient norm."""
-        for neck in self.necks.values():
+        for neck in self.neck.values():
             yield from (p for p in pyramid_output_parameters(neck) if p.requires_grad)
 
     @staticmethod
@@ -179,11 +170,11 @@ class SoftSharingModel(PerTaskTrunkModel):
     def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
         self._check_images(images)
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
-        return {t: self.necks[t](self.backbones[t](images)) for t in tasks}   # only the trunks that are needed
+        return {t: self.neck[t](self.backbone[t](images)) for t in tasks}   # only the trunks that are needed
 
     def _trunk_parameters(self, task: str) -> dict[str, nn.Parameter]:
-        named = {f"backbone.{n}": p for n, p in self.backbones[task].named_parameters()}
-        named.update({f"neck.{n}": p for n, p in self.necks[task].named_parameters()})
+        named = {f"backbone.{n}": p for n, p in self.backbone[task].named_parameters()}
+        named.update({f"neck.{n}": p for n, p in self.neck[task].named_parameters()})
         return {n: p for n, p in named.items() if p.requires_grad}
 
     def sharing_penalty(self, tasks: Iterable[str] | None = None) -> Tensor:
@@ -229,7 +220,7 @@ class CrossStitchModel(PerTaskTrunkModel):
                  init_self_weight: float = 0.9) -> None:
         super().__init__(backbones, necks, heads)
         # Plain lists (not registered): the stages are views of the backbones' own modules.
-        self._stages = {t: backbone_stages(self.backbones[t].body) for t in self.tasks}
+        self._stages = {t: backbone_stages(self.backbone[t].body) for t in self.tasks}
         num_stages = {len(s) for s in self._stages.values()}
         if num_stages != {4}:
             raise ValueError(f"cross_stitch sharing: expected 4 backbone stages (C2..C5), found {sorted(num_stages)}")
@@ -241,18 +232,18 @@ class CrossStitchModel(PerTaskTrunkModel):
         # Every backbone runs (the mixing needs all of them); only the requested tasks' FPNs do.
         xs = []
         for t in self.tasks:
-            bb = self.backbones[t]
+            bb = self.backbone[t]
             xs.append((images.to(bb.pixel_mean.dtype) - bb.pixel_mean) / bb.pixel_std)
         features: list[list[Tensor]] = [[] for _ in self.tasks]
         for level, unit in enumerate(self.units):
             xs = unit([self._stages[t][level](x) for t, x in zip(self.tasks, xs)])
             for per_task, x in zip(features, xs):
                 per_task.append(x)
-        return {t: self.necks[t](features[self.tasks.index(t)]) for t in tasks}
+        return {t: self.neck[t](features[self.tasks.index(t)]) for t in tasks}
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """The backbones and the cross-stitch units: every task's loss depends on all of them."""
-        for module in (self.backbones, self.units):
+        for module in (self.backbone, self.units):
             yield from (p for p in module.parameters() if p.requires_grad)
 
 
