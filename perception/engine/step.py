@@ -119,6 +119,9 @@ class TrainStep:
         loss, weights = self.weighting.backward(task_losses, self.shared_parameters, present=batch.present(),
                                                 scale=scale, shared_features=features)
         self.last_weights = weights
+        penalty = components.get("sharing/penalty")  # soft parameter sharing: belongs to no task, never weighted
+        if penalty is not None:
+            scale(penalty).backward()
         comp = self.stats["components"]
         for key, value in components.items():
             comp[key] = comp.get(key, 0.0) + value.detach().float() * loss_scale
