@@ -60,3 +60,59 @@ def write_video(path: Path, num_frames: int, size=(72, 120), fps: float = 12.0) 
         writer.write(cv2.cvtColor(scene_image(i, *size), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+class EchoModel(torch.nn.Module):
+    """A stand-in network whose outputs are read off the input image, so that mapping back can be checked exactly.
+
+    - detection: one box, the bounding box of the red pixels (R > 128, G < 128) of each network input;
+    - segmentation: 2 classes at stride 4, class 1 where the image is red (logits from the average red excess);
+    - depth: the green channel / 10 (metres) at stride 4.
+    """
+
+    tasks = ["detection", "segmentation", "depth"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = {}
+        self.calls: list[list[str]] = []
+
+    def forward(self, images, tasks=None):
+        tasks = list(tasks or self.tasks)
+        self.calls.append(tasks)
+        x = images.float()
+        red = ((x[:, 0] > 128) & (x[:, 1] < 128)).float()                 # [B, H, W]
+        out = {}
+        if "detection" in tasks:
+            out["detection"] = red
+        if "segmentation" in tasks:
+            excess = torch.nn.functional.avg_pool2d(red[:, None], 4) - 0.5  # [B, 1, H/4, W/4]
+            out["segmentation"] = torch.cat([-excess, excess], 1)
+        if "depth" in tasks:
+            out["depth"] = torch.nn.functional.avg_pool2d(x[:, 1:2], 4) / 10.0
+        return out
+
+    def postprocess(self, outputs, size):
+        results = {}
+        for task, out in outputs.items():
+            if task == "detection":
+                dets = []
+                for mask in out:
+                    ys, xs = torch.nonzero(mask, as_tuple=True)
+                    box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()[None]
+                    dets.append({"boxes": box, "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.int64)})
+                results[task] = dets
+            elif task == "segmentation":
+                results[task] = torch.nn.functional.interpolate(out, size=size, mode="bilinear").argmax(1)
+            else:
+                results[task] = torch.nn.functional.interpolate(out, size=size, mode="bilinear")[:, 0]
+        return results
+
+
+def echo_image(height: int, width: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """An RGB image: green a horizontal ramp 40..200, one red rectangle ``box`` (x0, y0, x1, y1) on grey."""
+    image = np.full((height, width, 3), 90, np.uint8)
+    image[:, :, 1] = np.linspace(40, 200, width).round().astype(np.uint8)[None]
+    x0, y0, x1, y1 = box
+    image[y0:y1, x0:x1] = (230, 20, 20)
+    return image

@@ -7,13 +7,15 @@ Predictions map back by dropping the padding and resizing to the original ``(h, 
 - boxes are scaled by ``w / rw`` and ``h / rh`` (``rw x rh`` being the resized image) and clipped;
 - dense maps (segmentation logits, depth) are resized from the head's stride-4 grid straight to the original
   pixels with one bilinear interpolation whose coordinate map is exact (original pixel centre -> network pixel
-  centre -> stride-4 cell), so there is no intermediate full-size network map and no half-pixel drift.
+  centre -> stride-4 cell), so there is no intermediate full-size network map and no half-pixel drift; cells
+  that cover only padding are left out (the last image cell is repeated), so no padding bleeds into the borders.
 
 ``dense_to_original`` (PyTorch) and ``dense_to_original_numpy`` (the numpy reference for ONNX callers) compute
 the same thing.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -129,6 +131,15 @@ def _dense_scales(letterbox: Letterbox, grid_size: tuple[int, int]) -> tuple[flo
             stride_x * letterbox.width / letterbox.resized_width)
 
 
+def _valid_cells(letterbox: Letterbox, grid_size: tuple[int, int]) -> tuple[int, int]:
+    """Grid cells that hold any image pixel: the rest see only padding, so sampling stops at the last valid
+    cell (edge replication) instead of blending zeros of the padding into the image's last rows and columns."""
+    stride_y = letterbox.padded_height / grid_size[0]
+    stride_x = letterbox.padded_width / grid_size[1]
+    return (min(grid_size[0], math.ceil(letterbox.resized_height / stride_y - 1e-6)),
+            min(grid_size[1], math.ceil(letterbox.resized_width / stride_x - 1e-6)))
+
+
 def dense_to_original(x: Tensor, letterbox: Letterbox) -> Tensor:
     """Resize a dense map that covers the padded network input to the original image, dropping the padding.
 
@@ -140,6 +151,8 @@ def dense_to_original(x: Tensor, letterbox: Letterbox) -> Tensor:
         Tensor[B, C, height, width], bilinear (align_corners=False) with the exact coordinate map.
     """
     scale_y, scale_x = _dense_scales(letterbox, tuple(x.shape[-2:]))
+    rows, cols = _valid_cells(letterbox, tuple(x.shape[-2:]))
+    x = x[..., :rows, :cols]  # cropping the end keeps the coordinate map; interpolate clamps at the new edge
     # recompute_scale_factor=False makes interpolate map output pixel centres through exactly these scales; the
     # tiny margin keeps floor(h * scale) from falling one pixel short of the original size through rounding.
     out = F.interpolate(x, scale_factor=(scale_y * (1 + 1e-7), scale_x * (1 + 1e-7)), mode="bilinear",
@@ -167,6 +180,8 @@ def dense_to_original_numpy(x: np.ndarray, letterbox: Letterbox) -> np.ndarray:
         ndarray[C, height, width] float32.
     """
     scale_y, scale_x = _dense_scales(letterbox, x.shape[-2:])
+    rows, cols = _valid_cells(letterbox, x.shape[-2:])
+    x = x[:, :rows, :cols]
     y0, y1, wy = _linear_taps(letterbox.height, x.shape[-2], scale_y)
     x0, x1, wx = _linear_taps(letterbox.width, x.shape[-1], scale_x)
     x = x.astype(np.float32, copy=False)

@@ -129,7 +129,9 @@ def _draw_scale_bar(canvas: np.ndarray, near: float, far: float, ticks: int = 5)
     if bottom - top < 10:
         return
     scale = max(0.3, height / 1100)
-    (label_w, label_h), _ = cv2.getTextSize(f"{far:.0f} m", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    step = (far - near) / (ticks - 1)
+    decimals = 0 if step >= 2 else 1 if step >= 0.2 else 2  # enough digits that the ticks differ
+    (label_w, label_h), _ = cv2.getTextSize(f"{far:.{decimals}f} m", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x1 = width - 4 - label_w - 4
     x0 = x1 - bar_w
     # Top of the bar = far (blue end), bottom = near (warm end), as in the picture's colours.
@@ -141,7 +143,7 @@ def _draw_scale_bar(canvas: np.ndarray, near: float, far: float, ticks: int = 5)
         frac = k / (ticks - 1)
         y = int(round(top + frac * (bottom - top - 1)))
         value = far - frac * (far - near)
-        text = f"{value:.1f} m" if far < 10 else f"{value:.0f} m"
+        text = f"{value:.{decimals}f} m"
         cv2.line(canvas, (x1, y), (x1 + 3, y), (255, 255, 255), 1)
         cv2.putText(canvas, text, (x1 + 4, min(height - 2, y + label_h // 2)), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (255, 255, 255), 1, cv2.LINE_AA)
