@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from perception.data.batch import TASK_KEYS
 from perception.data.datasets.base import BaseDataset
@@ -57,17 +56,22 @@ def boxes_from_instance_ids(instance_ids: np.ndarray, classes: dict[int, int]) -
         boxes (ndarray[N, 4] float32, xyxy pixels enclosing every pixel of the instance: x1 = last column + 1)
         and labels (ndarray[N] int64), in increasing instance id order.
     """
-    ids, inverse = np.unique(instance_ids, return_inverse=True)
-    inverse = inverse.reshape(instance_ids.shape)
-    boxes, labels = [], []
-    slices = ndimage.find_objects(inverse.astype(np.int32) + 1)
-    for i, (value, region) in enumerate(zip(ids, slices)):
-        if value < 1000 or region is None or int(value) // 1000 not in classes:
-            continue
-        rows, cols = region
-        boxes.append((cols.start, rows.start, cols.stop, rows.stop))
-        labels.append(classes[int(value) // 1000])
-    return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+    flat = instance_ids.ravel()
+    where = np.flatnonzero(flat >= 1000)  # instance pixels: usually a small part of the image
+    values = flat[where]
+    keep = np.isin(values // 1000, np.fromiter(classes, np.int64, len(classes)))
+    where, values = where[keep], values[keep]
+    if len(values) == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    order = np.argsort(values, kind="stable")
+    where, values = where[order], values[order]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    width = instance_ids.shape[1]
+    rows, cols = where // width, where % width
+    boxes = np.stack([np.minimum.reduceat(cols, starts), np.minimum.reduceat(rows, starts),
+                      np.maximum.reduceat(cols, starts) + 1, np.maximum.reduceat(rows, starts) + 1], 1)
+    labels = np.array([classes[int(v) // 1000] for v in values[starts]], np.int64)
+    return boxes.astype(np.float32), labels
 
 
 def boxes_from_polygons(annotation: dict, names: Sequence[str], path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -167,19 +171,20 @@ class CityscapesDataset(BaseDataset):
     def semantic(self, path: Path) -> np.ndarray:
         """labelIds PNG -> class ids of ``level`` (255 = ignore); ids outside the official table are an error."""
         ids = read_label_image(path, "semantic label", np.uint8)
-        out = self.lut[ids]
-        if (out < 0).any():
-            bad = np.unique(ids[out < 0])
+        present = np.flatnonzero(np.bincount(ids.ravel(), minlength=1))
+        bad = present[self.lut[present] < 0]
+        if len(bad):
             raise DataError(f"{path}: labelIds {bad[:10].tolist()} are not in the Cityscapes label table")
-        return out
+        return self.lut[ids]
 
     def read_boxes(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         if self.boxes_from == "polygons":
             return boxes_from_polygons(read_json(path, "polygons"), self.classes["detection"], path)
         ids = read_label_image(path, "instance", np.uint16)
-        label_ids = np.where(ids >= 1000, ids // 1000, ids)
-        if (self.lut[np.minimum(label_ids, 255)] < 0).any() or (label_ids > 255).any():
-            bad = np.unique(label_ids[(label_ids > 255) | (self.lut[np.minimum(label_ids, 255)] < 0)])
+        present = np.flatnonzero(np.bincount(ids.ravel(), minlength=1))  # every value once, not every pixel
+        label_ids = np.where(present >= 1000, present // 1000, present)
+        bad = label_ids[(label_ids > 255) | (self.lut[np.minimum(label_ids, 255)] < 0)]
+        if len(bad):
             raise DataError(f"{path}: instance labelIds {bad[:10].tolist()} are not in the Cityscapes label table")
         return boxes_from_instance_ids(ids, self.instance_classes)
 
