@@ -1,0 +1,138 @@
+"""Cost of the multi-task methods at one backbone and input: the sharing modes' parameter counts and latency, and
+the time of one training step under each weighting / gradient method, as ratios to hard sharing and equal weights.
+
+    python tools/benchmark.py methods --backbone resnet18 --size 192 384 --batch 2 --threads 2
+
+A training step here is forward + losses + ``weighting.backward`` (the part a method changes), on a batch of
+synthetic driving scenes; the optimizer step is the same for every method and left out.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
+from perception.data.batch import Batch, collate
+from perception.models.config import TASKS, ModelConfig
+from perception.mtl import WEIGHTING_METHODS, WeightingConfig, build_weighting
+from perception.utils.configurable import from_dict
+
+SHARING_MODES = ("hard", "soft", "cross_stitch")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="resnet18", help="timm model name (the same for every mode)")
+    parser.add_argument("--size", nargs=2, type=int, default=[192, 384], metavar=("H", "W"), help="input size")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--sharing", nargs="+", default=list(SHARING_MODES), choices=SHARING_MODES)
+    parser.add_argument("--methods", nargs="+", default=[m for m in WEIGHTING_METHODS if m != "fixed"],
+                        choices=WEIGHTING_METHODS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--json", default="", help="write the results here")
+
+
+def synthetic_batch(batch: int, size: tuple[int, int], device: torch.device) -> Batch:
+    """``batch`` synthetic driving scenes of ``size`` with all three tasks' labels."""
+    from perception.data.synthetic import generate_scene
+
+    samples = [generate_scene(i, "val", 0, size[0], size[1]) for i in range(batch)]
+    return collate(samples).to(device)
+
+
+def build(backbone: str, sharing: str, device: torch.device) -> torch.nn.Module:
+    from perception.models import build_model
+
+    cfg = from_dict(ModelConfig, {"tasks": list(TASKS), "backbone": {"name": backbone}, "sharing": sharing,
+                                  "detection": {"num_classes": 8}, "segmentation": {"num_classes": 19}})
+    return build_model(cfg).to(device)
+
+
+def _count(params) -> float:
+    return sum(p.numel() for p in params) / 1e6
+
+
+def training_step_fn(model, weighting, batch: Batch):
+    """forward + losses + the method's backward (what differs between methods); gradients are cleared each time."""
+    shared = weighting.shared_parameters_fn(model)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        weighting.zero_grad(set_to_none=True)
+        if weighting.needs_features:
+            outputs, features = model(batch.images, return_features=True)
+        else:
+            outputs, features = model(batch.images), None
+        task_losses, components = model.compute_losses(outputs, batch)
+        weighting.backward(task_losses, shared, present=batch.present(), shared_features=features)
+        if "sharing/penalty" in components:
+            components["sharing/penalty"].backward()
+    return run
+
+
+def measure_sharing(args, batch: Batch, device: torch.device) -> list[dict]:
+    rows = []
+    for mode in args.sharing:
+        torch.manual_seed(0)
+        model = build(args.backbone, mode, device)
+        weighting = build_weighting(WeightingConfig(method="equal"), model.tasks).to(device)
+
+        def forward():
+            with torch.inference_mode():
+                model(batch.images)
+
+        model.eval()
+        forward_ms = time_fn(forward, device, args.warmup, args.repeats)["median_ms"]
+        model.train()
+        step_ms = time_fn(training_step_fn(model, weighting, batch), device, args.warmup, args.repeats)["median_ms"]
+        rows.append({"sharing": mode, "params_M": _count(model.parameters()),
+                     "shared_params_M": _count(model.shared_parameters()), "forward_ms": forward_ms,
+                     "train_step_ms": step_ms})
+        del model
+    base = next((r for r in rows if r["sharing"] == "hard"), rows[0])
+    for r in rows:
+        r["forward_ratio"] = r["forward_ms"] / base["forward_ms"]
+        r["step_ratio"] = r["train_step_ms"] / base["train_step_ms"]
+    return rows
+
+
+def measure_methods(args, batch: Batch, device: torch.device) -> list[dict]:
+    torch.manual_seed(0)
+    model = build(args.backbone, "hard", device).train()
+    rows = []
+    for method in args.methods:
+        weighting = build_weighting(WeightingConfig(method=method), model.tasks).to(device)
+        step_ms = time_fn(training_step_fn(model, weighting, batch), device, args.warmup, args.repeats)["median_ms"]
+        rows.append({"method": method, "train_step_ms": step_ms,
+                     "per_task_backward": "shared features" if weighting.needs_features else
+                     ("shared params" if weighting.manual_grad_sync else "-")})
+    base = next((r for r in rows if r["method"] == "equal"), rows[0])
+    for r in rows:
+        r["ratio"] = r["train_step_ms"] / base["train_step_ms"]
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    batch = synthetic_batch(args.batch, tuple(args.size), device)
+    header = (f"{args.backbone}, batch {args.batch}, {args.size[0]}x{args.size[1]}, {device}, "
+              f"median of {args.repeats}")
+    sharing = measure_sharing(args, batch, device) if args.sharing else []
+    if sharing:
+        print(f"sharing modes: parameters, inference forward and training step (forward + backward); {header}")
+        print_table(sharing, ["sharing", "params_M", "shared_params_M", "forward_ms", "forward_ratio",
+                              "train_step_ms", "step_ratio"])
+    methods = measure_methods(args, batch, device) if args.methods else []
+    if methods:
+        print(f"\nweighting methods: training step (forward + losses + method backward), hard sharing; {header}")
+        print_table(methods, ["method", "train_step_ms", "ratio", "per_task_backward"])
+    result = {"benchmark": "methods", "machine": machine_info(device),
+              "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+              "sharing": sharing, "methods": methods}
+    write_json(result, args.json)
+    return result
