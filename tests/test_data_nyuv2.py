@@ -113,3 +113,24 @@ def test_folder_layout_round_trip(tmp_path):
     np.testing.assert_array_equal(s["semantic"], semantic)
     np.testing.assert_allclose(s["depth"], np.round(depth * 1000) / 1000, atol=1e-6)
     assert s["depth"][0, 0] == 0
+
+
+def test_prepare_script_mat_to_folder(nyu_mat, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "datasets" / "prepare_nyuv2.py"
+    spec = importlib.util.spec_from_file_location("prepare_nyuv2", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "folder"
+    module.main(["--mat", str(nyu_mat / "nyu_depth_v2_labeled.mat"), "--classes", "40", "--mapping-40",
+                 str(nyu_mat / "classMapping40.mat"), "--out", str(out)])
+    ds = NYUv2FolderDataset(out, "train", classes=40)
+    assert len(ds) == 2 and len(NYUv2FolderDataset(out, "val", classes=40)) == 1
+    s = ds.load(1)  # image 2 of the .mat (1-based), written as 0002.png
+    assert s["meta"]["path"].endswith("0002.png")
+    assert s["image"][1, 5].tolist() == [10, 20, 30] and s["depth"][1, 5] == 4.5
+    assert s["semantic"][1, 5] == IGNORE_INDEX and s["semantic"][2, 2] == 894 % 40 and s["semantic"][0, 0] == 255
+    with pytest.raises(ValueError, match="at most 255 classes"):
+        write_nyuv2_folder(out, "x", s["image"], np.full((6, 8), 300), None)

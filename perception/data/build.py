@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from perception.data.batch import TASK_KEYS, collate
+from perception.data.batch import IGNORE_INDEX, TASK_KEYS, collate
 from perception.data.config import DataConfig, DatasetConfig
 from perception.data.datasets.base import BaseDataset
 from perception.data.labels import LABEL_TASKS, build_label_map
@@ -157,6 +157,9 @@ def build_dataset(data_cfg: DataConfig, split: str, tasks: Sequence[str]) -> Mix
     label_maps, num_classes = [], []
     for d, c, t, w in zip(datasets, cfgs, ds_tasks, wheres):
         native = {task: d.classes.get(task, []) for task in LABEL_TASKS if task in t}
+        if len(native.get("segmentation", ())) > IGNORE_INDEX:
+            raise ConfigError(f"{w}: {d.describe()} has {len(native['segmentation'])} semantic classes; training "
+                              f"takes at most {IGNORE_INDEX} (id {IGNORE_INDEX} means ignore): use a coarser level")
         label_maps.append(build_label_map(native, {k: v for k, v in classes.items() if k in t}, c.class_map,
                                           f"{w} ({d.describe()})"))
         num_classes.append({task: len(names) for task, names in native.items() if names})

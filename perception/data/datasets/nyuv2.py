@@ -102,7 +102,7 @@ def nyu_class_lut(num_classes: int, mapping_40: str | os.PathLike | None,
     """LUT[895] from the raw NYUv2 labels (0 = unlabelled, 1..894) to 0-based classes (255 = ignore).
 
     Args:
-        num_classes: 894 (raw), 40 or 13.
+        num_classes: 894 (raw: for inspection, as training takes at most 255 classes), 40 or 13.
         mapping_40: file of the 894 -> 40 mapping (needed for 40 and 13).
         mapping_13: file of the 40 -> 13 mapping (needed for 13).
     """
@@ -341,6 +341,9 @@ def write_nyuv2_folder(root: str | os.PathLike, name: str, image: np.ndarray, se
     """Write one sample in the ``nyuv2_folder`` layout (depth rounded to millimetres)."""
     import cv2
 
+    if semantic is not None and (semantic.min() < 0 or semantic.max() > IGNORE_INDEX):
+        raise ValueError(f"{root}/label/{name}.png: uint8 labels hold at most 255 classes (255 = ignore), got ids "
+                         f"{int(semantic.min())}..{int(semantic.max())}")
     root = Path(root)
     for sub in ("rgb", "label", "depth"):
         (root / sub).mkdir(parents=True, exist_ok=True)
