@@ -1,0 +1,79 @@
+"""COCO mAP through pycocotools: hand-computed values, and the same numbers as pycocotools run on COCO json files."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from perception.metrics import DetectionMetric, coco_evaluate
+
+
+def _crafted():
+    """Two images: an exact hit, a box with IoU 0.75, a false positive and a missed box."""
+    gts = [(np.array([[0, 0, 10, 10], [20, 20, 60, 60]], np.float32), np.array([0, 1])),
+           (np.array([[5, 5, 45, 25]], np.float32), np.array([1]))]
+    preds = [(np.array([[0, 0, 10, 10], [20, 20, 60, 50], [70, 70, 90, 90]], np.float32),
+              np.array([0.9, 0.8, 0.95]), np.array([0, 1, 0])),
+             (np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, np.int64))]
+    return gts, preds
+
+
+def test_hand_computed_ap():
+    gts = [(np.array([[0, 0, 10, 10], [20, 20, 60, 60]], np.float32), np.array([0, 1]))]
+    preds = [(np.array([[0, 0, 10, 10], [20, 20, 60, 50]], np.float32), np.array([0.9, 0.8]), np.array([0, 1]))]
+    summary, per_class = coco_evaluate(gts, preds, 2)
+    # Class 1's box has IoU 30*40 / 40*40 = 0.75: a hit at the 6 thresholds 0.50..0.75 of 10, so AP 0.6.
+    assert per_class == pytest.approx({0: 1.0, 1: 0.6})
+    assert summary["mAP"] == pytest.approx(0.8)
+    assert summary["mAP50"] == pytest.approx(1.0) and summary["mAP75"] == pytest.approx(1.0)
+
+
+def test_matches_pycocotools_on_json_files(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gts, preds = _crafted()
+    images, anns, dets = [], [], []
+    for i, ((gb, gl), (pb, ps, pl)) in enumerate(zip(gts, preds), start=1):
+        images.append({"id": i, "width": 100, "height": 100})
+        for b, l in zip(gb, gl):
+            x0, y0, x1, y1 = map(float, b)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(l) + 1, "iscrowd": 0,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+        for b, s, l in zip(pb, ps, pl):
+            x0, y0, x1, y1 = map(float, b)
+            dets.append({"image_id": i, "category_id": int(l) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                         "score": float(s)})
+    (tmp_path / "gt.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": [
+        {"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "gt.json"))
+        ev = COCOeval(coco, coco.loadRes(str(tmp_path / "dt.json")), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+
+    metric = DetectionMetric(2, ["a", "b"])
+    as_t = torch.as_tensor
+    metric.update([{"boxes": as_t(b), "scores": as_t(s), "labels": as_t(l)} for b, s, l in preds],
+                  [as_t(b) for b, _ in gts], [as_t(l) for _, l in gts])
+    out = metric.compute()
+    assert out["detection/mAP"] == pytest.approx(ev.stats[0])
+    assert out["detection/mAP50"] == pytest.approx(ev.stats[1])
+    assert out["detection/mAP75"] == pytest.approx(ev.stats[2])
+    assert 0 < out["detection/mAP"] < 1
+    assert set(out) >= {"detection/AP/a", "detection/AP/b"}
+
+
+def test_images_without_detection_labels_are_skipped_and_no_detections_give_zero():
+    metric = DetectionMetric(2)
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    hit = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    # Image 1 has no detection labels: its (perfect-looking) prediction must not count as a false positive.
+    metric.update([empty, hit], [torch.tensor([[0.0, 0, 10, 10]]), torch.zeros(0, 4)],
+                  [torch.tensor([0]), torch.zeros(0, dtype=torch.long)], has=torch.tensor([True, False]))
+    assert len(metric.gts) == 1
+    assert metric.compute()["detection/mAP"] == 0.0
