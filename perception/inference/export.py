@@ -170,3 +170,22 @@ def compare_with_torch(path: str | os.PathLike, model: nn.Module, images: np.nda
     if missing:
         raise ValueError(f"{path}: outputs {sorted(ort_out)} do not match the network's {sorted(torch_out)}")
     return {name: float(np.abs(ort_out[name] - torch_out[name].numpy()).max()) for name in torch_out}
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: Sequence[int] = (512, 1024),
+                       tasks: Sequence[str] | None = None) -> Path:
+    """Trace the network (the same outputs as the ONNX graph, in the same order) to a TorchScript file.
+
+    The trace keeps the input size symbolic, so the file runs at any size that is a multiple of 32; load it with
+    ``torch.jit.load(path)`` (no Python source of this package needed).
+    """
+    height, width = (int(s) for s in image_size)
+    module = ExportModule(model.cpu().eval(), tasks)
+    example = torch.full((2, 3, max(height, 256), max(width, 256)), 128.0)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (example,), check_trace=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    return path
