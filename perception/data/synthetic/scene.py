@@ -118,7 +118,8 @@ class _Builder:
     instances: list = field(default_factory=list)  # (kind, velocity)
 
     def material(self, rgb) -> int:
-        self.palette.append(np.clip(np.asarray(rgb, np.float32), 0, 255))
+        # np.minimum/np.maximum: np.clip's Python-level dispatch costs more than the colour itself here.
+        self.palette.append(np.minimum(np.maximum(np.asarray(rgb, np.float32), np.float32(0)), np.float32(255)))
         return len(self.palette) - 1
 
     def jitter(self, rgb, amount: float = 12.0) -> int:
