@@ -5,5 +5,6 @@ Speed is reported as ratios against a baseline measured in the same process, nev
 SUBCOMMANDS = {
     "model": ("perception.benchmark.model", "multi-task forward vs the three single-task models"),
     "methods": ("perception.benchmark.methods", "sharing modes' size and latency, weighting methods' step time"),
+    "predictor": ("perception.benchmark.predictor", "predictor end to end: multi-task vs three single-task, ms/image"),
     "data": ("perception.benchmark.data", "data loading samples/s per worker (Cityscapes-sized, train augmentation)"),
 }
