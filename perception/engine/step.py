@@ -85,8 +85,8 @@ class TrainStep:
     def _zero_stats(self) -> dict[str, Tensor]:
         t = len(self.tasks)
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=self.device)  # noqa: E731
-        return {"loss_sum": z(t), "loss_count": z(t), "total_sum": z(()), "steps": z(()), "skipped": z(()),
-                "grad_norm_sum": z(()), "components": {}}
+        return {"loss_sum": z(t), "loss_count": z(t), "total_sum": z(()), "total_count": z(()), "steps": z(()),
+                "skipped": z(()), "grad_norm_sum": z(()), "components": {}}
 
     def pop_stats(self) -> dict[str, Tensor]:
         """The window's device-side sums since the last call, and a fresh window."""
@@ -203,6 +203,7 @@ class TrainStep:
         s["loss_sum"] += torch.where(finite, losses, 0.0)
         s["loss_count"] += finite
         s["total_sum"] += torch.where(torch.isfinite(total), total, 0.0)
+        s["total_count"] += torch.isfinite(total)
         s["steps"] += 1
         s["skipped"] += skipped
         s["grad_norm_sum"] += torch.where(skipped, 0.0, grad_norm.float())
@@ -212,16 +213,16 @@ def read_window(stats: dict[str, Tensor], tasks: Sequence[str]) -> dict[str, flo
     """Host-side averages of a statistics window (one synchronisation): ``loss/<task>``, ``loss/total``,
     ``grad_norm``, ``skipped_steps`` and the loss components."""
     flat = torch.cat([stats["loss_sum"], stats["loss_count"], stats["total_sum"][None], stats["steps"][None],
-                      stats["skipped"][None], stats["grad_norm_sum"][None]]
+                      stats["skipped"][None], stats["grad_norm_sum"][None], stats["total_count"][None]]
                      + [v.reshape(1) for v in stats["components"].values()]).tolist()
     t = len(tasks)
     sums, counts = flat[:t], flat[t:2 * t]
-    total, steps, skipped, grad_norm = flat[2 * t:2 * t + 4]
+    total, steps, skipped, grad_norm, total_count = flat[2 * t:2 * t + 5]
     out = {f"loss/{task}": sums[i] / counts[i] for i, task in enumerate(tasks) if counts[i] > 0}
     good = max(steps - skipped, 1.0)
-    out["loss/total"] = total / max(steps, 1.0)
+    out["loss/total"] = total / total_count if total_count > 0 else math.nan  # over the steps with a finite loss
     out["grad_norm"] = grad_norm / good if steps > skipped else math.nan
     out["skipped_steps"] = skipped
-    for key, value in zip(stats["components"], flat[2 * t + 4:]):
+    for key, value in zip(stats["components"], flat[2 * t + 5:]):
         out[f"loss/{key}"] = value / max(steps, 1.0)
     return out
