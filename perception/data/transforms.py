@@ -3,7 +3,8 @@
 The same geometry is applied to every target: the image is resized with linear (or area) interpolation, masks and
 depth with nearest neighbour so that no label or depth value is ever blended across an edge, boxes are transformed,
 clipped and filtered by their remaining visibility. Regions that come from padding are ignored (semantic 255,
-depth 0). Training: fit into ``image_size`` -> random zoom -> random crop/pad to ``image_size`` -> flip -> colour.
+depth 0). Training: one resize (fit into ``image_size`` times a random zoom) -> random crop/pad to ``image_size``
+-> flip -> colour.
 When the image is zoomed by ``s`` its depth is divided by ``s`` (``augment.scale_depth``), as if the camera had
 moved closer, so apparent size and depth stay consistent (MTAN's augmentation). Evaluation only fits the image into
 ``image_size`` keeping its aspect ratio; ``collate`` pads the batch to a multiple of 32 and ``restore_*`` map
