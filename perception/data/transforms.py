@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perception.data.batch import IGNORE_INDEX
 from perception.data.config import AugmentConfig
 
 

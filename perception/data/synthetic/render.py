@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from perception.data.synthetic.scene import (BOX, BUILDING, FENCE, GAP, PERSON, SKY, SceneLayout)
+from perception.data.synthetic.scene import BOX, BUILDING, FENCE, PERSON, SKY, SceneLayout
 
 NEAR = 0.3  # metres: parts closer than this to the camera plane are not drawn
 DARK_FACE = 0.35  # brightness of faces seen from below
