@@ -154,3 +154,24 @@ def test_mixed_tasks_masks():
     assert batch.has["depth"].all()
     assert (batch.semantic[~from_first] == 255).all() and all(len(batch.boxes[i]) == 0 for i in
                                                                    torch.nonzero(~from_first).flatten().tolist())
+
+
+def test_semantic_class_map_across_datasets(tmp_path):
+    from perception.data.datasets.nyuv2 import NYU13_CLASSES
+    from perception.data.labels import cityscapes_tables
+
+    _mtan(tmp_path, count=13)  # sample i is labelled with NYU13 class i everywhere
+    city = cityscapes_tables("trainId")[1]
+    union = city + [n for n in NYU13_CLASSES if n not in city and n != "tv"]
+    cfg = DataConfig(train=[_synthetic(1), DatasetConfig(type="nyuv2_mtan", root=str(tmp_path),
+                                                         class_map={"tv": "television", "objects": None})],
+                     semantic_classes=union + ["television"], image_size=(8, 10))
+    ds = build_dataset(cfg, "train", ["segmentation", "depth"])
+    assert ds.classes["segmentation"][:19] == city
+    got = {NYU13_CLASSES[i]: int(ds.raw(1 + i)["semantic"][1, 1]) for i in range(13)}
+    assert got["wall"] == city.index("wall") == 3  # shared names merge
+    assert got["bed"] == 19 and got["books"] == 20  # NYU-only classes follow the Cityscapes ones
+    assert got["tv"] == len(union)  # renamed to "television"
+    assert got["objects"] == 255  # dropped: ignored, not silently relabelled
+    synthetic = ds.raw(0)["semantic"]
+    assert synthetic.max() <= 18  # the first dataset keeps its trainIds
