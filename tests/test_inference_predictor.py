@@ -219,3 +219,14 @@ def test_one_predictor_from_several_threads(checkpoint):
         t.join()
     for a, b in zip(expected, results):
         np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_half_precision_agrees_with_float32():
+    cfg = tiny_config(tasks=["segmentation", "depth"])
+    model = tiny_model(cfg)
+    image = scene_image(7, 77, 131)
+    full = Predictor(model, (64, 96), device="cpu")(image)
+    half = Predictor(model, (64, 96), device="cpu", half=True)(image)   # bfloat16 autocast on the CPU
+    assert half.depth.dtype == np.float32 and half.semantic.dtype == np.uint8
+    assert (half.semantic == full.semantic).mean() > 0.97
+    np.testing.assert_allclose(half.depth, full.depth, rtol=0.05)
