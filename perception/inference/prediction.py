@@ -21,7 +21,7 @@ class Prediction:
         scores (ndarray[N] float32 | None): detection confidence sqrt(class probability * centerness).
         labels (ndarray[N] int64 | None): detection class ids.
         class_names (list[str] | None): the class name of each detection.
-        semantic (ndarray[H, W] | None): semantic class ids (uint8; int32 for more than 255 classes).
+        semantic (ndarray[H, W] | None): semantic class ids (uint8; int32 for more than 256 classes).
         semantic_names (list[str] | None): the name of every semantic class id.
         depth (ndarray[H, W] float32 | None): depth in metres.
         timings: milliseconds spent per image in ``pre`` (decode, resize, copy), ``forward`` (network) and

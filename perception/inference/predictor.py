@@ -93,7 +93,7 @@ class Predictor:
 
     @staticmethod
     def _names(names: Sequence[str] | None, heads, task: str) -> list[str]:
-        if names is not None:
+        if names:  # an empty list (a config without names) falls back to class_<i> like None
             return list(names)
         if task not in heads:
             return []
@@ -231,7 +231,7 @@ class Predictor:
                 decoded = self.model.postprocess(dense, (box.height, box.width))
                 if "segmentation" in decoded:
                     ids = decoded["segmentation"][0]
-                    dtype = torch.uint8 if len(self.segmentation_classes) <= 255 else torch.int32
+                    dtype = torch.uint8 if len(self.segmentation_classes) <= 256 else torch.int32
                     pred.semantic = ids.to(dtype).cpu().numpy()
                     pred.semantic_names = self.segmentation_classes
                 if "depth" in decoded:
