@@ -1,0 +1,42 @@
+"""The comparison tool's bookkeeping: the run plan, delta_m against baselines, and a baseline of 0 left out."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "compare_methods", Path(__file__).resolve().parents[1] / "tools" / "compare_methods.py")
+compare = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(compare)
+
+
+def test_overrides_may_follow_the_lists_and_the_plan_has_baselines_first():
+    args = compare.parse_args(["--methods", "equal", "pcgrad", "model.backbone.name=resnet18", "--sharing",
+                               "cross_stitch", "data.batch_size=4"])
+    assert args.methods == ["equal", "pcgrad"] and args.sharing == ["cross_stitch"]
+    assert args.overrides == ["model.backbone.name=resnet18", "data.batch_size=4"]
+    plan = compare.run_plan(args, ["segmentation", "depth"])
+    assert [p["name"] for p in plan] == ["single_segmentation", "single_depth", "method_equal", "method_pcgrad",
+                                         "sharing_cross_stitch"]
+    assert plan[0]["overrides"] == ["model.tasks=[segmentation]", "weighting.method=equal"]
+    assert plan[-1]["overrides"] == ["weighting.method=equal", "model.sharing=cross_stitch"]
+
+
+def test_gain_is_delta_m_and_leaves_out_a_zero_baseline():
+    signs = {"detection/mAP": 1, "segmentation/mIoU": 1, "depth/abs_rel": -1, "depth/rmse": -1}
+    baseline = {"detection/mAP": 0.0, "segmentation/mIoU": 0.5, "depth/abs_rel": 0.2, "depth/rmse": 4.0}
+    multi = {"detection/mAP": 0.1, "segmentation/mIoU": 0.55, "depth/abs_rel": 0.25, "depth/rmse": 3.0}
+    result, dropped = compare.gain(multi, baseline, signs)
+    assert dropped == ["detection/mAP"]
+    assert result["delta_m/segmentation"] == pytest.approx(10.0)
+    assert result["delta_m/depth"] == pytest.approx((-25.0 + 25.0) / 2)
+    assert result["delta_m"] == pytest.approx(5.0)
+
+
+def test_seconds_per_step_skips_the_warm_up_window(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 10, "steps_per_s": 0.5}\n{"step": 20, "steps_per_s": 2.0}\n'
+                   '{"step": 20, "eval": {}}\n{"step": 30, "steps_per_s": 4.0}\n{"step": 40, "steps_per_s": 2.5}\n')
+    assert compare.seconds_per_step(tmp_path) == pytest.approx(1 / 2.5)
