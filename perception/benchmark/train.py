@@ -1,0 +1,113 @@
+"""Training throughput (images/s) of a config's full step, in variants: fp32, AMP, AMP + channels_last, + compile.
+
+Each variant builds the model, weighting, optimiser and :class:`perception.engine.step.TrainStep` from the config
+and times whole optimizer steps (forward, task losses, weighting, backward, clip, fused step) on one fixed random
+batch with every task's labels, so data loading is left out. Ratios are against the first variant, measured in
+the same process.
+
+    python tools/benchmark.py train --config configs/synthetic_driving.yaml                       # CPU
+    python tools/benchmark.py train --config configs/cityscapes.yaml --device cuda \\
+        --variants fp32 amp amp_cl amp_cl_compile
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
+
+# variant -> (amp, channels_last, compile); "amp" is bf16 on CPU and fp16 (with the GradScaler) on CUDA.
+VARIANTS = {
+    "fp32": ("none", False, False),
+    "amp": ("auto", False, False),
+    "amp_cl": ("auto", True, False),
+    "amp_cl_compile": ("auto", True, True),
+    "bf16": ("bf16", False, False),
+    "fp16": ("fp16", False, False),
+    "channels_last": ("none", True, False),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/synthetic_driving.yaml")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "amp", "amp_cl"], choices=sorted(VARIANTS))
+    parser.add_argument("--batch", type=int, default=0, help="images per step (0: the config's data.batch_size)")
+    parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                        help="input size (default: the config's data.image_size)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+
+
+def synthetic_batch(batch: int, size: tuple[int, int], cfg, seed: int = 0):
+    """A Batch with random images and random labels of every task (boxes of 16..64 px)."""
+    from perception.data.batch import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    boxes, labels = [], []
+    for _ in range(batch):
+        xy = torch.rand(6, 2, generator=g) * torch.tensor([w - 64.0, h - 64.0])
+        wh = 16 + torch.rand(6, 2, generator=g) * 48
+        boxes.append(torch.cat([xy, xy + wh], 1))
+        labels.append(torch.randint(0, cfg.model.detection.num_classes, (6,), generator=g))
+    has = {t: torch.ones(batch, dtype=torch.bool) for t in ("detection", "segmentation", "depth")}
+    return Batch(torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, generator=g), boxes, labels,
+                 torch.randint(0, cfg.model.segmentation.num_classes, (batch, h, w), generator=g),
+                 1 + 50 * torch.rand(batch, h, w, generator=g), has, [{} for _ in range(batch)])
+
+
+def measure_variant(cfg, variant: str, batch, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Images/s of full training steps under one variant."""
+    from perception.engine.optim import build_lr_scheduler, build_optimizer, param_groups
+    from perception.engine.step import TrainStep, make_grad_scaler
+    from perception.models import build_model
+    from perception.mtl import build_task_scheduler, build_weighting
+
+    amp, channels_last, compile_ = VARIANTS[variant]
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "bf16"
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weighting = build_weighting(cfg.weighting, model.tasks).to(device)
+    optimizer = build_optimizer(param_groups(model, weighting, cfg.train.weight_decay), cfg.train)
+    forward = torch.compile(model) if compile_ else model
+    step = TrainStep(forward, model, weighting, optimizer, build_lr_scheduler(optimizer, cfg.train),
+                     make_grad_scaler(amp, device), build_task_scheduler(cfg.weighting.task_schedule, model.tasks),
+                     device, amp, cfg.train.grad_clip, channels_last)
+    counter = iter(range(10 ** 9))
+    timing = time_fn(lambda: step([batch], next(counter)), device, warmup, repeats)
+    return {"variant": variant, "amp": amp, "channels_last": channels_last, "compile": compile_,
+            "step_ms": timing["median_ms"], "images_per_s": len(batch) / timing["median_ms"] * 1000.0}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from perception.config import load_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = load_config(args.config, ["model.backbone.pretrained=false", *args.overrides])
+    size = tuple(args.size or cfg.data.image_size)
+    batch = synthetic_batch(args.batch or cfg.data.batch_size, size, cfg).to(device)
+    rows = []
+    for variant in args.variants:
+        if VARIANTS[variant][0] == "fp16" and device.type != "cuda":
+            print(f"skipping {variant}: fp16 training needs CUDA")
+            continue
+        rows.append(measure_variant(cfg, variant, batch, device, args.warmup, args.repeats))
+    for row in rows:
+        row["ratio"] = row["images_per_s"] / rows[0]["images_per_s"]
+    print(f"training step, {args.config}, batch {len(batch)}, {size[0]}x{size[1]}, {device}, median of "
+          f"{args.repeats}")
+    print_table(rows, ["variant", "amp", "channels_last", "compile", "step_ms", "images_per_s", "ratio"])
+    result = {"benchmark": "train", "machine": machine_info(device),
+              "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}
+    write_json(result, args.json)
+    return result
