@@ -9,6 +9,7 @@ Dotted key=value pairs after the options override the config. The run directory 
 config.yaml, last.pt, best.pt, metrics.json, train_log.jsonl and TensorBoard events under tb/.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def main(argv=None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run directory: {run_dir}")
     return 0
 
 

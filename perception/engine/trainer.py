@@ -253,7 +253,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------- loop
     def _log_window(self, steps_done: int, images: int, elapsed: float) -> dict[str, float]:
         """Read the window's statistics (one host synchronisation), check non-finite runs, log."""
-        values = read_window(self.step_fn.pop_stats(), self.tasks)
+        stats = self.step_fn.pop_stats()
+        if self.ctx.distributed:  # the mean over ranks of every sum and count: ratios become global averages
+            for value in [*(v for k, v in stats.items() if k != "components"), *stats["components"].values()]:
+                all_reduce_sum(value).div_(self.ctx.world_size)
+        values = read_window(stats, self.tasks)
         weights = self.step_fn.last_weights
         extra = {f"weight/{t}": w for t, w in weights.items()}
         sigmas = getattr(self.weighting, "sigmas", None)
