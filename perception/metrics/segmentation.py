@@ -67,9 +67,9 @@ class SegmentationMetric:
         counts = self.confusion.cpu()
         bad = int(counts[-1])
         if bad:
-            raise ValueError(f"segmentation metric: {bad} labelled pixels had class ids outside 0..{self.num_classes - 1}"
-                             f" (and not {self.ignore_index}); check model.segmentation.num_classes and the "
-                             "dataset's label mapping")
+            raise ValueError(f"segmentation metric: {bad} labelled pixels had class ids outside "
+                             f"0..{self.num_classes - 1} (and not {self.ignore_index}); check "
+                             "model.segmentation.num_classes and the dataset's label mapping")
         cm = counts[:-1].reshape(self.num_classes, self.num_classes).double()
         return segmentation_scores(cm, self.class_names, prefix)
 
