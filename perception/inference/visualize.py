@@ -175,7 +175,8 @@ def render_prediction(image: np.ndarray, pred: Prediction, layout: str = "side",
         depth_value_range: fixed (near, far) metres of the depth colours.
 
     Returns:
-        ndarray uint8 RGB: one panel per task (the plain image when no task gives a panel).
+        ndarray uint8 RGB: one panel per task (the plain image when no task gives a panel; with three tasks the
+        ``tile`` layout puts the input image in the fourth tile).
     """
     panels = []
     if pred.boxes is not None:
@@ -187,4 +188,6 @@ def render_prediction(image: np.ndarray, pred: Prediction, layout: str = "side",
         panels.append(overlay_segmentation(image, pred.semantic, palette))
     if pred.depth is not None:
         panels.append(colorize_depth(pred.depth, depth_value_range))
+    if layout == "tile" and len(panels) == 3:
+        panels.insert(0, image)  # 2 x 2: the input fills the fourth tile
     return compose(panels or [image], layout)
