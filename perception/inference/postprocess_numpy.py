@@ -138,5 +138,7 @@ def postprocess_numpy(outputs: Mapping[str, np.ndarray], letterbox: Letterbox,
         pred.semantic = logits.argmax(0).astype(np.uint8 if logits.shape[0] <= 256 else np.int32)
         pred.semantic_names = list(segmentation_classes) or [f"class_{k}" for k in range(logits.shape[0])]
     if "depth" in outputs:
-        pred.depth = dense_to_original_numpy(outputs["depth"], letterbox)[0]
+        # Resized in log space, as the predictor resizes the head's log-depth: sharp depth edges stay sharp.
+        log_depth = np.log(np.maximum(outputs["depth"], 1e-6))
+        pred.depth = np.exp(dense_to_original_numpy(log_depth, letterbox)[0]).astype(np.float32)
     return pred
