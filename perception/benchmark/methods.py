@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="resnet18", help="timm model name (the same for every mode)")
     parser.add_argument("--size", nargs=2, type=int, default=[192, 384], metavar=("H", "W"), help="input size")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--sharing", nargs="+", default=list(SHARING_MODES), choices=SHARING_MODES)
-    parser.add_argument("--methods", nargs="+", default=[m for m in WEIGHTING_METHODS if m != "fixed"],
+    parser.add_argument("--sharing", nargs="*", default=list(SHARING_MODES), choices=SHARING_MODES,
+                        help="sharing modes to measure (none: skip the table)")
+    parser.add_argument("--methods", nargs="*", default=[m for m in WEIGHTING_METHODS if m != "fixed"],
                         choices=WEIGHTING_METHODS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=5)
