@@ -230,3 +230,20 @@ def test_half_precision_agrees_with_float32():
     assert half.depth.dtype == np.float32 and half.semantic.dtype == np.uint8
     assert (half.semantic == full.semantic).mean() > 0.97
     np.testing.assert_allclose(half.depth, full.depth, rtol=0.05)
+
+
+def test_stream_is_lazy_and_keeps_nothing():
+    predictor = Predictor(EchoModel(), (64, 96), device="cpu")
+    image = echo_image(48, 80, (10, 10, 30, 30))
+    pulled = []
+
+    def frames():
+        for i in range(40):
+            pulled.append(i)
+            yield image
+
+    stream = predictor.stream(frames(), batch_size=4)
+    first = next(stream)
+    assert len(pulled) == 4 and first.semantic.shape == (48, 80)   # one batch read ahead, no more
+    assert sum(1 for _ in stream) == 39 and len(pulled) == 40
+    assert len(predictor._buffers) == 1                              # one input buffer for the whole stream

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
