@@ -116,6 +116,13 @@ def test_non_finite_loss_stops_and_names_the_task(tmp_path):
     assert log[-1]["skipped_total"] >= 3 and log[0]["skipped_total"] == 0
 
 
+def test_best_by_delta_m_needs_baselines(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "train.best_metric=delta_m", "train.max_steps=2")
+    with pytest.raises(ValueError, match="eval.baselines"):
+        train(cfg, loader_fn=toy_loader_fn())
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_bf16_autocast_channels_last_accumulation_on_cpu(tmp_path):
     cfg = tiny_config(tmp_path / "run", "train.amp=bf16", "train.channels_last=true", "train.accumulate=2",
                       "train.max_steps=4", "train.optimizer=sgd", "train.lr=0.01")

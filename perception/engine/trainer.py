@@ -81,6 +81,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = tc.cudnn_benchmark
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if tc.best_metric == "delta_m" and not cfg.eval.baselines:
+            raise ValueError("train.best_metric=delta_m needs single-task metrics files in eval.baselines")
         if tc.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("train.amp=fp16 needs CUDA; on CPU use train.amp=bf16 or none")
 
