@@ -17,6 +17,21 @@ CITYSCAPES_CLASSES = [
 ]
 
 
+
+def default_class_names(names: list[str], num_classes: int, known: list[str]) -> list[str]:
+    """``names`` if given, else ``known`` when it has ``num_classes`` entries, else ``class_0``, ``class_1``, ..."""
+    if names:
+        return names
+    return list(known) if num_classes == len(known) else [f"class_{i}" for i in range(num_classes)]
+
+
+def check_classes(num_classes: int, names: list[str]) -> None:
+    if num_classes < 1:
+        raise ValueError(f"num_classes: got {num_classes}, expected at least 1")
+    if names and len(names) != num_classes:
+        raise ValueError(f"class_names: got {len(names)} names for num_classes={num_classes}")
+
+
 @dataclass
 class BackboneConfig:
     """A timm model used as a multi-scale feature extractor (strides 4, 8, 16, 32).
@@ -87,16 +102,10 @@ class DetectionConfig:
     focal_gamma: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.class_names:
-            self.class_names = (list(CITYSCAPES_THING_CLASSES) if self.num_classes == len(CITYSCAPES_THING_CLASSES)
-                                else [f"class_{i}" for i in range(self.num_classes)])
+        self.class_names = default_class_names(self.class_names, self.num_classes, CITYSCAPES_THING_CLASSES)
 
     def validate(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes: got {self.num_classes}, expected at least 1")
-        if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"class_names: got {len(self.class_names)} names for num_classes={self.num_classes}")
+        check_classes(self.num_classes, self.class_names)
 
 
 @dataclass
@@ -116,16 +125,10 @@ class SegmentationConfig:
     ignore_index: int = 255
 
     def __post_init__(self) -> None:
-        if not self.class_names:
-            self.class_names = (list(CITYSCAPES_CLASSES) if self.num_classes == len(CITYSCAPES_CLASSES)
-                                else [f"class_{i}" for i in range(self.num_classes)])
+        self.class_names = default_class_names(self.class_names, self.num_classes, CITYSCAPES_CLASSES)
 
     def validate(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes: got {self.num_classes}, expected at least 1")
-        if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"class_names: got {len(self.class_names)} names for num_classes={self.num_classes}")
+        check_classes(self.num_classes, self.class_names)
 
 
 @dataclass
