@@ -74,11 +74,13 @@ def main(argv=None) -> int:
     print(format_metrics(metrics))
 
     print("[3/3] inference on unseen scenes and a generated drive")
-    size = tuple(cfg.data.image_size)
+    # Twice the network's size: the predictor letterboxes each image and maps its outputs back to it.
+    size = (2 * cfg.data.image_size[0], 2 * cfg.data.image_size[1])
     images, video = write_inputs(out / "inputs", args.images, size, args.video_frames, fps=10.0, seed=cfg.seed)
     predictor = Predictor.from_checkpoint(checkpoint)
     pred_dir = out / "predictions"
-    summaries = [run_inference(predictor, open_source(str(source)), pred_dir / name, progress=False)
+    summaries = [run_inference(predictor, open_source(str(source)), pred_dir / name, layout="tile",
+                               progress=False)
                  for name, source in (("images", images), ("video", video))]
     frames = sum(s.processed for s in summaries)
     timing = ", ".join(f"{k} {v:.1f} ms" for k, v in summaries[-1].timings_ms.items())
