@@ -40,3 +40,29 @@ def test_seconds_per_step_skips_the_warm_up_window(tmp_path):
     log.write_text('{"step": 10, "steps_per_s": 0.5}\n{"step": 20, "steps_per_s": 2.0}\n'
                    '{"step": 20, "eval": {}}\n{"step": 30, "steps_per_s": 4.0}\n{"step": 40, "steps_per_s": 2.5}\n')
     assert compare.seconds_per_step(tmp_path) == pytest.approx(1 / 2.5)
+
+
+def test_table_only_tabulates_finished_runs_with_their_own_budget(tmp_path, capsys):
+    import json
+
+    runs = {"single_segmentation": {"segmentation/mIoU": 0.5, "segmentation/pixel_acc": 0.8},
+            "single_depth": {"depth/abs_rel": 0.2, "depth/rmse": 4.0},
+            "method_equal": {"segmentation/mIoU": 0.55, "segmentation/pixel_acc": 0.8, "depth/abs_rel": 0.25,
+                             "depth/rmse": 3.0}}
+    for name, metrics in runs.items():
+        run = tmp_path / "seed0" / name
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({**metrics, "step": 50}))
+        (run / "done").write_text("1.0\n")
+        (run / "train_log.jsonl").write_text('{"step": 10, "steps_per_s": 1.0}\n{"step": 20, "steps_per_s": 4.0}\n')
+    # method_pcgrad never finished: left out, not trained (--table-only), and --steps (default) is not the budget.
+    assert compare.main(["--out", str(tmp_path), "--table-only", "--methods", "equal", "pcgrad", "--sharing",
+                         "model.tasks=[segmentation, depth]"]) == 0
+    table = (tmp_path / "comparison.md").read_text()
+    assert table.startswith("Budget: 50 steps per run")
+    row = next(line for line in table.splitlines() if line.startswith("| method_equal"))
+    # segmentation: (+10 % mIoU + 0 % pixel acc) / 2 = +5; depth: (-25 % abs_rel + 25 % rmse) / 2 = 0.
+    assert row.split(" | ")[3:6] == ["+2.50", "+5.00", "+0.00"]
+    assert row.rstrip(" |").endswith("0.250")
+    assert "method_pcgrad" not in table
+    assert json.loads((tmp_path / "comparison.json").read_text())["rows"][-1]["run"] == "method_equal"

@@ -128,7 +128,10 @@ def main(argv=None) -> int:
                 record["gain"], record["dropped"] = {"delta_m": float("nan")}, ["(a single-task baseline is missing)"]
             results.setdefault(entry["name"], []).append(record)
     rows = table_rows(plan, results, tasks)
-    text = format_table(rows, tasks, args, base_cfg)
+    # The budget as trained (with --table-only, --steps may not be what the runs used).
+    steps = sorted({int(r["metrics"]["step"]) for records in results.values() for r in records
+                    if "step" in r["metrics"]}) or [args.steps]
+    text = format_table(rows, tasks, args, base_cfg, steps)
     print(text)
     out = Path(args.out)
     (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
@@ -164,14 +167,16 @@ def table_rows(plan: list[dict], results: dict[str, list[dict]], tasks: list[str
     return rows
 
 
-def format_table(rows: list[dict], tasks: list[str], args: argparse.Namespace, cfg) -> str:
+def format_table(rows: list[dict], tasks: list[str], args: argparse.Namespace, cfg,
+                 steps: list[int] | None = None) -> str:
     import platform
 
     import torch
 
     heads = [HEADLINE[t] for t in tasks]
     columns = ["run", "method", "sharing", "delta_m %"] + [f"delta_m/{t} %" for t in tasks] + heads + ["s/step"]
-    lines = [f"Budget: {args.steps} steps per run, seeds {args.seeds}, config {args.config} "
+    budget = "/".join(str(s) for s in (steps or [args.steps]))
+    lines = [f"Budget: {budget} steps per run, seeds {args.seeds}, config {args.config} "
              f"{' '.join(args.overrides)}; backbone {cfg.model.backbone.name}, batch {cfg.data.batch_size}, "
              f"image {cfg.data.image_size[0]}x{cfg.data.image_size[1]}; machine {platform.machine()}, "
              f"{torch.get_num_threads()} torch threads, {'CUDA' if torch.cuda.is_available() else 'CPU'}.", "",
