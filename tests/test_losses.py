@@ -150,3 +150,25 @@ def test_collate_pads_to_stride_with_ignore_values_and_marks_labels():
     assert batch.has["detection"].tolist() == [False, True]
     assert batch.present() == {"detection": True, "segmentation": True, "depth": True}
     assert batch.boxes[0].shape == (0, 4) and batch.labels[1].tolist() == [3]
+
+
+def test_box_regression_recovers_from_strongly_negative_outputs():
+    """The regression is exp(x), not ReLU(x): pushed far below zero it still gets a gradient and grows back."""
+    from perception.models.heads.detection import FCOSHead
+
+    torch.manual_seed(0)
+    head = FCOSHead(8, num_classes=2, strides=(8, 16), num_convs=1)
+    torch.nn.init.zeros_(head.box_pred.weight)
+    torch.nn.init.constant_(head.box_pred.bias, -6.0)       # every distance e^-6 strides: a "dead" start
+    features = [torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)]
+    boxes, labels = [torch.tensor([[8.0, 8.0, 40.0, 40.0]])], [torch.tensor([1])]
+    optimizer = torch.optim.Adam([head.box_pred.bias], lr=0.2)
+    first = None
+    for _ in range(80):
+        losses = head.compute_loss(head(features), boxes, labels, torch.tensor([True]))
+        first = float(losses["box"]) if first is None else first
+        optimizer.zero_grad()
+        losses["box"].backward()
+        assert head.box_pred.bias.grad.abs().sum() > 0
+        optimizer.step()
+    assert first > 0.9 and float(losses["box"]) < 0.5

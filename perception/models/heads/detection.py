@@ -22,6 +22,9 @@ from perception.losses.detection import fcos_losses, ltrb_to_boxes
 from perception.models.layers import conv_gn_relu
 
 
+MAX_LOG_DISTANCE = 7.0
+
+
 class Scale(nn.Module):
     """A learnable scalar multiplier (one per pyramid level for the box regression)."""
 
@@ -169,15 +172,18 @@ class FCOSHead(nn.Module):
 
         Returns:
             ``cls_logits`` (Tensor[B, A, C]), ``box_regression`` (Tensor[B, A, 4], ltrb distances in pixels,
-            >= 0), ``centerness`` (Tensor[B, A], logits), ``points`` (Tensor[A, 2]) and ``point_strides``
+            > 0), ``centerness`` (Tensor[B, A], logits), ``points`` (Tensor[A, 2]) and ``point_strides``
             (Tensor[A]), and ``num_per_level`` (tuple of ints, locations per level).
         """
         cls_per_level, box_per_level, ctr_per_level, sizes = [], [], [], []
         for level, (x, stride) in enumerate(zip(features, self.strides)):
             cls_feature = self.cls_tower(x)
             box_feature = self.box_tower(x)
-            # Distances are predicted in units of the level's stride, kept >= 0 by a ReLU (as torchvision does).
-            ltrb = torch.relu(self.scales[level](self.box_pred(box_feature))) * stride
+            # Distances in units of the level's stride as exp(x) (as the FCOS paper does), never a ReLU: trained
+            # from scratch, a ReLU'd regression can be pushed below 0 everywhere early on and never recover (its
+            # GIoU loss stays at 1). Float32 and the clamp (e^7 ~ 1100 strides) keep exp finite under AMP.
+            log_ltrb = self.scales[level](self.box_pred(box_feature)).float().clamp(max=MAX_LOG_DISTANCE)
+            ltrb = torch.exp(log_ltrb) * stride
             cls_per_level.append(self.cls_logits(cls_feature).flatten(2).transpose(1, 2))  # [B, HW, C]
             box_per_level.append(ltrb.flatten(2).transpose(1, 2))                        # [B, HW, 4]
             ctr_per_level.append(self.ctr_pred(box_feature).flatten(1))                  # [B, HW]
