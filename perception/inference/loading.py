@@ -1,7 +1,7 @@
 """Rebuild a trained network from one of the toolkit's checkpoints, with only the heads that are asked for.
 
-The checkpoint is read by :func:`perception.engine.checkpoint.load_checkpoint` (``torch.load(...,
-weights_only=True)``: no pickled code runs; foreign, truncated or malicious files raise ``CheckpointError``).
+The checkpoint is read by :func:`perception.engine.checkpoint.load_checkpoint`, which loads with
+``weights_only=True``: no pickled code runs; foreign, truncated or malicious files raise ``CheckpointError``.
 The network is rebuilt from the config stored in it. Weights: ``state["ema"]`` (the exponential moving average
 of the weights, a model state dict, possibly wrapped as ``module.*`` by timm's ``ModelEmaV3``) when present and
 ``prefer_ema``; otherwise ``state["model"]``.
