@@ -15,7 +15,7 @@ from torchvision.ops import batched_nms
 
 from _inference_utils import scene_image, tiny_config, tiny_model, write_checkpoint
 from perception.inference.export import ExportModule, compare_with_torch, export_onnx, onnx_session
-from perception.inference.geometry import letterbox_image
+from perception.ops.geometry import letterbox_image
 from perception.inference.postprocess_numpy import batched_nms_numpy, fcos_postprocess_numpy, postprocess_numpy, \
     pyramid_sizes
 from perception.inference.predictor import Predictor

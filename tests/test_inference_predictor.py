@@ -8,7 +8,7 @@ import torch
 
 from _inference_utils import EchoModel, echo_image, scene_image, tiny_config, tiny_model, write_checkpoint
 from perception.engine.checkpoint import CheckpointError
-from perception.inference.geometry import dense_to_original, dense_to_original_numpy, fit_letterbox
+from perception.ops.geometry import dense_to_original, dense_to_original_numpy, fit_letterbox
 from perception.inference.images import ImageReadError
 from perception.inference.predictor import Predictor
 

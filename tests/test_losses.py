@@ -9,7 +9,8 @@ import torch
 
 from perception.data import collate
 from perception.losses import l1_log_loss, semantic_cross_entropy, silog_loss
-from perception.losses.detection import boxes_to_ltrb, centerness_target, fcos_losses
+from perception.ops.boxes import boxes_to_ltrb
+from perception.tasks.detection.loss import centerness_target, fcos_losses
 from perception.models.heads.detection import fcos_assign, make_points, pad_targets
 
 

@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_image(path: str | None, size: tuple[int, int]) -> np.ndarray:
     """ndarray[1, 3, H, W] float32: the image letterboxed into ``size`` (or a synthetic street scene)."""
-    from perception.inference.geometry import letterbox_image
+    from perception.ops.geometry import letterbox_image
     from perception.inference.images import read_image
 
     if path is not None:

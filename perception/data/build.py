@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from perception.data.batch import IGNORE_INDEX, TASK_KEYS, collate
+from perception.data.batch import IGNORE_INDEX, LABEL_KEYS, collate
 from perception.data.config import DataConfig, DatasetConfig
 from perception.data.datasets.base import BaseDataset
 from perception.data.labels import LABEL_TASKS, build_label_map
@@ -83,20 +83,20 @@ def make_dataset(ds_cfg: DatasetConfig, where: str = "data", tasks: Sequence[str
     check_options(cls, ds_cfg.options, where)
     options = dict(ds_cfg.options)
     if "tasks" in inspect.signature(cls.__init__).parameters and "tasks" not in options and tasks is not None:
-        wanted = [t for t in TASK_KEYS if t in tasks and (not ds_cfg.tasks or t in ds_cfg.tasks)]
+        wanted = [t for t in LABEL_KEYS if t in tasks and (not ds_cfg.tasks or t in ds_cfg.tasks)]
         options["tasks"] = wanted or list(ds_cfg.tasks)
     return cls(ds_cfg.root, ds_cfg.split, **options)
 
 
 def _dataset_tasks(dataset: BaseDataset, ds_cfg: DatasetConfig, tasks: Sequence[str], where: str) -> tuple[str, ...]:
     for task in ds_cfg.tasks:
-        if task not in TASK_KEYS:
-            raise ConfigError(f"{where}.tasks: unknown task {task!r}; expected some of {', '.join(TASK_KEYS)}")
+        if task not in LABEL_KEYS:
+            raise ConfigError(f"{where}.tasks: unknown task {task!r}; expected some of {', '.join(LABEL_KEYS)}")
         if task not in dataset.tasks:
             raise ConfigError(f"{where}.tasks: {dataset.describe()} has no {task} labels (it labels "
                               f"{', '.join(dataset.tasks)})")
     wanted = ds_cfg.tasks or dataset.tasks
-    kept = tuple(t for t in TASK_KEYS if t in wanted and t in tasks)
+    kept = tuple(t for t in LABEL_KEYS if t in wanted and t in tasks)
     if not kept:
         raise ConfigError(f"{where}: {dataset.describe()} labels {', '.join(wanted)} but the model trains "
                           f"{', '.join(tasks)}: it would contribute nothing")
@@ -145,8 +145,8 @@ def build_dataset(data_cfg: DataConfig, split: str, tasks: Sequence[str]) -> Mix
     if split not in SPLITS:
         raise ValueError(f"split: got {split!r}, expected 'train' or 'val'")
     for task in tasks:
-        if task not in TASK_KEYS:
-            raise ConfigError(f"tasks: unknown task {task!r}; expected some of {', '.join(TASK_KEYS)}")
+        if task not in LABEL_KEYS:
+            raise ConfigError(f"tasks: unknown task {task!r}; expected some of {', '.join(LABEL_KEYS)}")
     cfgs = data_cfg.train if split == "train" else data_cfg.val
     if not cfgs:
         raise ConfigError(f"data.{split}: no datasets configured")
@@ -163,7 +163,8 @@ def build_dataset(data_cfg: DataConfig, split: str, tasks: Sequence[str]) -> Mix
         label_maps.append(build_label_map(native, {k: v for k, v in classes.items() if k in t}, c.class_map,
                                           f"{w} ({d.describe()})"))
         num_classes.append({task: len(names) for task, names in native.items() if names})
-    transform = JointTransform(data_cfg.image_size, train=split == "train", augment=data_cfg.augment)
+    transform = JointTransform(data_cfg.image_size, train=split == "train", augment=data_cfg.augment,
+                               labels=[t for t in LABEL_KEYS if any(t in ts for ts in ds_tasks)])
     mixed = MixedDataset(datasets, ds_tasks, label_maps, num_classes, transform, skip_bad=data_cfg.skip_bad)
     mixed.classes = classes or {task: datasets[0].classes[task] for task in LABEL_TASKS
                                 if task in mixed.tasks and task in datasets[0].classes}
@@ -196,6 +197,6 @@ def build_dataloader(data_cfg: DataConfig, split: str, tasks: Sequence[str], *, 
         sampler, drop_last = ShardSampler(len(dataset), rank, world), False
     workers = data_cfg.num_workers
     return DataLoader(dataset, batch_size=data_cfg.batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor),
+                      collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor, labels=list(tasks)),
                       pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                       persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)

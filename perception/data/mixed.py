@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from perception.data.batch import TASK_KEYS
+from perception.data.batch import LABEL_KEYS, sample_keys
 from perception.data.datasets.base import BaseDataset
 from perception.data.io import DataError, check_sample
 from perception.data.labels import LabelMap
@@ -45,7 +45,7 @@ class MixedDataset(Dataset):
         self.skip_bad = skip_bad
         self.sizes = [len(d) for d in self.datasets]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64).tolist()
-        self.tasks = tuple(t for t in TASK_KEYS if any(t in dt for dt in self.dataset_tasks))
+        self.tasks = tuple(t for t in LABEL_KEYS if any(t in dt for dt in self.dataset_tasks))
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -64,7 +64,7 @@ class MixedDataset(Dataset):
 
     def _prepare(self, d: int, local: int) -> dict:
         sample = self.datasets[d].load(local)
-        keep = {"image", "meta"} | {k for t in self.dataset_tasks[d] for k in TASK_KEYS[t]}
+        keep = {"image", "meta"} | {k for t in self.dataset_tasks[d] for k in sample_keys(t)}
         sample = {k: v for k, v in sample.items() if k in keep}
         sample.setdefault("meta", {})
         sample["meta"].setdefault("dataset", self.datasets[d].name)

@@ -9,18 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-# The metric set of the multi-task gain delta_m, with s_m = +1 where higher is better and -1 where lower is.
-DEFAULT_DELTA_M_METRICS = {
-    "detection/mAP": 1,
-    "segmentation/mIoU": 1,
-    "segmentation/pixel_acc": 1,
-    "depth/abs_rel": -1,
-    "depth/rmse": -1,
-}
-# The default "score" (used to pick best.pt when no single-task baselines are given): the mean of these.
-DEFAULT_SCORE_WEIGHTS = {"detection/mAP": 1.0, "segmentation/mIoU": 1.0, "depth/delta1": 1.0}
-
-
 @dataclass
 class TrainConfig:
     """Optimisation and the training loop.
@@ -139,8 +127,10 @@ class EvalConfig:
             periodic evaluations.
         baselines: metrics.json files of single-task runs; with them ``delta_m`` is computed.
         delta_m_metrics: the metrics entering delta_m and their sign (+1 higher is better, -1 lower is better);
-            each is grouped under the task named by its prefix.
+            each is grouped under the task named by its prefix. Empty: every task's own set (detection mAP;
+            segmentation mIoU and pixel accuracy; depth AbsRel and RMSE; ...).
         score_weights: weights of the ``score`` metric, a weighted mean of these metrics (those present).
+            Empty: each task's headline metric (detection mAP, segmentation mIoU, depth delta1, ...) with weight 1.
     """
 
     min_depth: float = 1e-3
@@ -150,8 +140,8 @@ class EvalConfig:
     detection_score_thresh: float | None = None
     max_batches: int = 0
     baselines: list[str] = field(default_factory=list)
-    delta_m_metrics: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_DELTA_M_METRICS))
-    score_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SCORE_WEIGHTS))
+    delta_m_metrics: dict[str, int] = field(default_factory=dict)
+    score_weights: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.min_depth < 0 or self.depth_cap < 0:

@@ -11,41 +11,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from perception.engine.config import EvalConfig
-from perception.engine.distributed import broadcast_object, is_distributed
+from perception.utils.distributed import broadcast_object, is_distributed
 from perception.engine.step import AMP_DTYPES
-from perception.metrics import DepthMetric, DetectionMetric, SegmentationMetric, delta_m, merge_baselines
-from perception.models.config import ModelConfig
+from perception.metrics import delta_m, merge_baselines
+from perception.tasks import Task
 
-# Keys printed first, per task, in this order.
-HEADLINE = {
-    "detection": ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large"),
-    "segmentation": ("mIoU", "pixel_acc", "mAcc"),
-    "depth": ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3", "abs_err",
-              "rel_err"),
-}
-
-
-def build_metrics(tasks: Iterable[str], model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.device
-                  ) -> dict[str, object]:
+def build_metrics(tasks: Mapping[str, Task], eval_cfg: EvalConfig, device: torch.device) -> dict[str, object]:
     """One metric accumulator per task."""
-    metrics: dict[str, object] = {}
-    for task in tasks:
-        if task == "detection":
-            d = model_cfg.detection
-            metrics[task] = DetectionMetric(d.num_classes, d.class_names)
-        elif task == "segmentation":
-            s = model_cfg.segmentation
-            metrics[task] = SegmentationMetric(s.num_classes, s.class_names, s.ignore_index, device)
-        elif task == "depth":
-            metrics[task] = DepthMetric(eval_cfg.min_depth, eval_cfg.depth_cap, eval_cfg.eigen_crop,
-                                        eval_cfg.depth_average, device)
-    return metrics
+    return {name: task.build_metric(eval_cfg, device) for name, task in tasks.items()}
 
 
 def _to_float(x):
@@ -59,27 +38,15 @@ def _to_float(x):
     return x
 
 
-def _image_sizes(batch) -> list[tuple[int, int]] | None:
-    """Each image's (h, w) before padding, when the dataset recorded it in ``meta``."""
-    sizes = []
-    for meta in batch.meta:
-        size = meta.get("image_size") or meta.get("size")
-        if size is None:
-            return None
-        sizes.append((int(size[0]), int(size[1])))
-    return sizes
-
-
 @torch.inference_mode()
-def evaluate_model(model: nn.Module, loader: Iterable, model_cfg: ModelConfig, eval_cfg: EvalConfig,
-                   device: torch.device, amp: str = "none", channels_last: bool = False, num_overlays: int = 0
+def evaluate_model(model: nn.Module, loader: Iterable, eval_cfg: EvalConfig, device: torch.device,
+                   amp: str = "none", channels_last: bool = False, num_overlays: int = 0
                    ) -> tuple[dict[str, float], list[tuple[Tensor, dict]]]:
     """Metrics of ``model`` over ``loader`` (reduced over all processes).
 
     Args:
         model: the plain network (not a DDP wrapper), e.g. the EMA copy.
         loader: yields :class:`perception.data.Batch`.
-        model_cfg: for class counts and names.
         eval_cfg: metric options.
         device: where to compute.
         amp: autocast dtype name for the forward.
@@ -91,13 +58,10 @@ def evaluate_model(model: nn.Module, loader: Iterable, model_cfg: ModelConfig, e
     """
     was_training = model.training
     model.eval()
-    tasks = list(model.tasks)
-    metrics = build_metrics(tasks, model_cfg, eval_cfg, device)
+    tasks = dict(model.task_specs)
+    metrics = build_metrics(tasks, eval_cfg, device)
+    options = {name: task.eval_options(eval_cfg) for name, task in tasks.items()}
     amp_dtype = AMP_DTYPES[amp]
-    det_head = model.heads["detection"] if "detection" in tasks else None
-    saved_thresh = getattr(det_head, "score_thresh", None)
-    if det_head is not None and eval_cfg.detection_score_thresh is not None:
-        det_head.score_thresh = eval_cfg.detection_score_thresh
     overlays: list[tuple[Tensor, dict]] = []
     try:
         for index, batch in enumerate(loader):
@@ -107,25 +71,21 @@ def evaluate_model(model: nn.Module, loader: Iterable, model_cfg: ModelConfig, e
             images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(images)
-            preds = model.postprocess(_to_float(outputs), tuple(images.shape[-2:]))
-            update_metrics(metrics, preds, batch)
+            preds = model.postprocess(_to_float(outputs), tuple(images.shape[-2:]), options)
+            update_metrics(tasks, metrics, preds, batch)
             for i in range(min(num_overlays - len(overlays), len(batch))):
-                overlays.append((batch.images[i].cpu(), _prediction_of(preds, i)))
+                overlays.append((batch.images[i].cpu(), {name: tasks[name].select(p, i) for name, p in preds.items()}))
     finally:
-        if det_head is not None:
-            det_head.score_thresh = saved_thresh
         model.train(was_training)
     return reduce_and_compute(metrics), overlays
 
 
-def update_metrics(metrics: dict[str, object], preds: dict, batch) -> None:
+def update_metrics(tasks: Mapping[str, Task], metrics: dict[str, object], preds: dict, batch) -> None:
     """Feed one batch's predictions (at the padded input size) and labels to the accumulators."""
-    if "detection" in metrics:
-        metrics["detection"].update(preds["detection"], batch.boxes, batch.labels, batch.has["detection"])
-    if "segmentation" in metrics:
-        metrics["segmentation"].update(preds["segmentation"], batch.semantic)
-    if "depth" in metrics:
-        metrics["depth"].update(preds["depth"], batch.depth, _image_sizes(batch))
+    for name, task in tasks.items():
+        if task.label in batch.targets:
+            task.update_metric(metrics[name], preds[name], batch.targets[task.label], batch.has[task.label],
+                               batch.meta)
 
 
 def reduce_and_compute(metrics: dict[str, object]) -> dict[str, float]:
@@ -134,16 +94,23 @@ def reduce_and_compute(metrics: dict[str, object]) -> dict[str, float]:
         metric.reduce()
     out: dict[str, float] = {}
     if not is_distributed() or torch.distributed.get_rank() == 0:
-        for metric in metrics.values():
-            out.update(metric.compute())
+        for name, metric in metrics.items():
+            out.update(metric.compute(prefix=f"{name}/"))
     return broadcast_object(out)
 
 
-def _prediction_of(preds: dict, i: int) -> dict:
-    out = {}
-    for task, value in preds.items():
-        out[task] = ({k: v.cpu() for k, v in value[i].items()} if task == "detection" else value[i].cpu())
-    return out
+def delta_m_metrics(eval_cfg: EvalConfig, tasks: Mapping[str, Task]) -> dict[str, int]:
+    """``eval.delta_m_metrics``, or (when it is empty) every task's own metrics and directions."""
+    if eval_cfg.delta_m_metrics:
+        return dict(eval_cfg.delta_m_metrics)
+    return {key: sign for task in tasks.values() for key, sign in task.signs().items()}
+
+
+def score_weights(eval_cfg: EvalConfig, tasks: Mapping[str, Task]) -> dict[str, float]:
+    """``eval.score_weights``, or (when it is empty) each task's headline metric with weight 1."""
+    if eval_cfg.score_weights:
+        return dict(eval_cfg.score_weights)
+    return {f"{name}/{task.SCORE}": 1.0 for name, task in tasks.items() if task.SCORE}
 
 
 def add_delta_m(metrics: dict[str, float], baselines: Sequence[str | os.PathLike],
@@ -154,24 +121,38 @@ def add_delta_m(metrics: dict[str, float], baselines: Sequence[str | os.PathLike
     return {**metrics, **delta_m(metrics, merge_baselines(baselines), metric_signs)}
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A readable table: headline metrics per task, delta_m, then per-class values."""
+def format_metrics(metrics: dict[str, float], tasks: Mapping[str, Task] | None = None) -> str:
+    """A readable table: headline metrics per task, delta_m, then per-class values.
+
+    Args:
+        metrics: flat ``<task>/<metric>`` values.
+        tasks: the tasks (for their headline keys and per-class prefixes); default: every task prefix found,
+            with all of its scalar metrics.
+    """
+    names = list(tasks) if tasks is not None else list(dict.fromkeys(
+        k.split("/", 1)[0] for k in metrics if "/" in k and not k.startswith("delta_m")))
     lines = []
-    for task, keys in HEADLINE.items():
-        row = [(k, metrics[f"{task}/{k}"]) for k in keys if f"{task}/{k}" in metrics]
+    for name in names:
+        task = tasks[name] if tasks is not None else None
+        keys = task.HEADLINE if task is not None else [k.split("/", 1)[1] for k in metrics
+                                                      if k.startswith(f"{name}/") and k.count("/") == 1]
+        row = [(k, metrics[f"{name}/{k}"]) for k in keys if f"{name}/{k}" in metrics]
         if row:
-            lines.append(f"{task}")
+            lines.append(f"{name}")
             lines.extend(f"  {k:<12} {_fmt(v)}" for k, v in row)
     deltas = {k: v for k, v in metrics.items() if k.startswith("delta_m")}
     if deltas:
         lines.append("multi-task gain (%, positive = better than single-task)")
         lines.extend(f"  {k:<24} {v:+.2f}" for k, v in deltas.items())
-    for task, sub in (("detection", "AP"), ("segmentation", "iou")):
-        per_class = {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"{task}/{sub}/")}
+    for name in names:
+        sub = tasks[name].PER_CLASS if tasks is not None else ""
+        if not sub:
+            continue
+        per_class = {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"{name}/{sub}/")}
         if per_class:
-            lines.append(f"{task} per-class {sub}")
+            lines.append(f"{name} per-class {sub}")
             width = max(len(n) for n in per_class)
-            lines.extend(f"  {name:<{width}}  {_fmt(v)}" for name, v in per_class.items())
+            lines.extend(f"  {n:<{width}}  {_fmt(v)}" for n, v in per_class.items())
     return "\n".join(lines)
 
 
@@ -209,7 +190,7 @@ def evaluate(cfg, checkpoint: str | os.PathLike, baselines: Sequence[str | os.Pa
     """
     from perception.config import config_from_dict
     from perception.engine.checkpoint import CheckpointError, load_checkpoint
-    from perception.engine.distributed import init_distributed
+    from perception.utils.distributed import init_distributed
     from perception.models import build_model
 
     ctx = init_distributed(cfg.train.device)
@@ -227,10 +208,11 @@ def evaluate(cfg, checkpoint: str | os.PathLike, baselines: Sequence[str | os.Pa
         model = model.to(memory_format=torch.channels_last)
     if loader_fn is None:
         from perception.data import build_dataloader as loader_fn
-    loader = loader_fn(cfg.data, "val", list(model.tasks), distributed=ctx.distributed, seed=cfg.seed)
-    metrics, _ = evaluate_model(model, loader, model_cfg, cfg.eval, ctx.device, cfg.train.amp,
-                                cfg.train.channels_last)
-    metrics = add_delta_m(metrics, [*cfg.eval.baselines, *baselines], cfg.eval.delta_m_metrics)
+    labels = list(dict.fromkeys(task.label for task in model.task_specs.values()))
+    loader = loader_fn(cfg.data, "val", labels, distributed=ctx.distributed, seed=cfg.seed)
+    metrics, _ = evaluate_model(model, loader, cfg.eval, ctx.device, cfg.train.amp, cfg.train.channels_last)
+    metrics = add_delta_m(metrics, [*cfg.eval.baselines, *baselines],
+                          delta_m_metrics(cfg.eval, model.task_specs))
     metrics["step"] = int(state.get("step", 0))
     if ctx.is_main:
         write_metrics(metrics, output or Path(checkpoint).with_name("metrics.json"))

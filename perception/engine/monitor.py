@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
@@ -64,7 +64,7 @@ class Monitor:
         self._log({"step": step, **values})
 
     def evaluation(self, step: int, metrics: Mapping[str, float], overlays: Sequence[tuple[Tensor, dict]] = (),
-                   class_names: Sequence[str] | None = None, num_classes: int | None = None) -> None:
+                   tasks: Mapping[str, Any] | None = None) -> None:
         """Record an evaluation: scalars, overlays and a log line."""
         if not self.enabled:
             return
@@ -73,7 +73,7 @@ class Monitor:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"val/{key}", value, step)
             for i, (image, prediction) in enumerate(overlays):
-                self.writer.add_image(f"val/overlay_{i}", overlay_panel(image, prediction, class_names, num_classes),
+                self.writer.add_image(f"val/overlay_{i}", overlay_panel(image, prediction, tasks or {}),
                                       step)
             self.writer.flush()
         self._log({"step": step, "eval": dict(metrics)})

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.data.batch import Batch
-from perception.engine.distributed import average_gradients
+from perception.utils.distributed import average_gradients
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -116,7 +116,9 @@ class TrainStep:
                 outputs, features = self.model(images, tasks=active), None
             task_losses, components = self.module.compute_losses(outputs, batch)
         scale = lambda loss: self.scaler.scale(loss * loss_scale)  # noqa: E731
-        loss, weights = self.weighting.backward(task_losses, self.shared_parameters, present=batch.present(),
+        labelled = batch.present()
+        present = {name: labelled.get(self.module.task_specs[name].label, False) for name in task_losses}
+        loss, weights = self.weighting.backward(task_losses, self.shared_parameters, present=present,
                                                 scale=scale, shared_features=features)
         self.last_weights = weights
         penalty = components.get("sharing/penalty")  # soft parameter sharing: belongs to no task, never weighted

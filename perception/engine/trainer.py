@@ -21,9 +21,10 @@ from torch import nn
 
 from perception.config import Config, config_to_dict, save_config
 from perception.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from perception.engine.distributed import (DistContext, all_reduce_sum, barrier, cleanup_distributed,
+from perception.utils.distributed import (DistContext, all_reduce_sum, barrier, cleanup_distributed,
                                            init_distributed)
-from perception.engine.evaluator import add_delta_m, evaluate_model, format_metrics, write_metrics
+from perception.engine.evaluator import (add_delta_m, delta_m_metrics, evaluate_model, format_metrics,
+                                         score_weights, write_metrics)
 from perception.engine.monitor import Monitor
 from perception.engine.optim import build_lr_scheduler, build_optimizer, param_groups
 from perception.engine.step import TrainStep, make_grad_scaler, read_window
@@ -94,7 +95,9 @@ class Trainer:
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = list(self.model.tasks)
-        self.weighting = build_weighting(cfg.weighting, self.tasks).to(self.device)
+        specs = self.model.task_specs
+        self.weighting = build_weighting(cfg.weighting, self.tasks,
+                                         {name: task.LOSS_KIND for name, task in specs.items()}).to(self.device)
         self.task_scheduler = build_task_scheduler(cfg.weighting.task_schedule, self.tasks, cfg.seed)
         groups = param_groups(self.model, self.weighting, tc.weight_decay, tc.backbone_lr_mult)
         self.optimizer = build_optimizer(groups, tc)
@@ -120,9 +123,9 @@ class Trainer:
 
         # ---------------------------------------------------------------------------------------------- data
         loader_fn = loader_fn or default_loader_fn()
-        self.train_loader = loader_fn(cfg.data, "train", self.tasks, distributed=self.ctx.distributed,
-                                      seed=cfg.seed)
-        self.val_loader = loader_fn(cfg.data, "val", self.tasks, distributed=self.ctx.distributed, seed=cfg.seed)
+        labels = list(dict.fromkeys(task.label for task in specs.values()))  # what the datasets must provide
+        self.train_loader = loader_fn(cfg.data, "train", labels, distributed=self.ctx.distributed, seed=cfg.seed)
+        self.val_loader = loader_fn(cfg.data, "val", labels, distributed=self.ctx.distributed, seed=cfg.seed)
         self.sampler = sampler_of(self.train_loader)
 
         # ---------------------------------------------------------------------------------------- position
@@ -223,17 +226,16 @@ class Trainer:
         """Metrics of the evaluation weights (EMA when on) on the val split; logs them and writes metrics.json."""
         tc, ec = self.cfg.train, self.cfg.eval
         module = self.ema.module if self.ema is not None else self.model
-        metrics, overlays = evaluate_model(module, self.val_loader, self.cfg.model, ec, self.device, tc.amp,
-                                           tc.channels_last, tc.num_overlays if self.ctx.is_main else 0)
-        metrics = add_delta_m(metrics, ec.baselines, ec.delta_m_metrics)
-        metrics["score"] = weighted_score(metrics, ec.score_weights)
+        metrics, overlays = evaluate_model(module, self.val_loader, ec, self.device, tc.amp, tc.channels_last,
+                                           tc.num_overlays if self.ctx.is_main else 0)
+        metrics = add_delta_m(metrics, ec.baselines, delta_m_metrics(ec, self.model.task_specs))
+        metrics["score"] = weighted_score(metrics, score_weights(ec, self.model.task_specs))
         metrics["step"] = self.step
         self.last_metrics = metrics
         if self.ctx.is_main:
             write_metrics(metrics, self.run_dir / "metrics.json")
-            names = self.cfg.model.detection.class_names if "detection" in self.tasks else None
-            self.monitor.evaluation(self.step, metrics, overlays, names, self.cfg.model.segmentation.num_classes)
-            self.monitor.message(f"step {self.step} evaluation\n{format_metrics(metrics)}")
+            self.monitor.evaluation(self.step, metrics, overlays, self.model.task_specs)
+            self.monitor.message(f"step {self.step} evaluation\n{format_metrics(metrics, self.model.task_specs)}")
         return metrics
 
     def best_metric_key(self) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perception.losses.detection import ltrb_to_boxes
+from perception.ops.boxes import ltrb_to_boxes
 
 
 class ExportModule(nn.Module):

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from perception.inference.geometry import Letterbox, boxes_to_original, dense_to_original_numpy
+from perception.ops.geometry import Letterbox, boxes_to_original, dense_to_original_numpy
 from perception.inference.prediction import Prediction
 
 

@@ -7,7 +7,7 @@
         ...
 
 Each image is resized to fit the network size (aspect ratio kept) and padded to a multiple of 32; predictions
-are mapped back to the image's own pixels (see :mod:`perception.inference.geometry`). Images go through the
+are mapped back to the image's own pixels (see :mod:`perception.ops.geometry`). Images go through the
 network in batches of consecutive images of the same padded size (so a batch never changes a result: the heads'
 GroupNorm sees the same padding as a single image would). The uint8 input batch is written into a reused
 (pinned, on CUDA) buffer, so a stream of same-sized frames allocates no new input memory per frame.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perception.inference.geometry import Letterbox, boxes_to_original, dense_to_original, fit_letterbox, \
+from perception.ops.geometry import Letterbox, boxes_to_original, dense_to_original, fit_letterbox, \
     resize_image
 from perception.inference.images import as_hwc3, read_image
 from perception.inference.loading import load_model, resolve_device

@@ -1,9 +1,8 @@
-"""The network: timm backbone, FPN neck, task heads and their assembly."""
+"""The network: timm backbone, FPN neck, the task heads (from :mod:`perception.tasks`) and their assembly."""
 from perception.models.backbone import TimmBackbone
-from perception.models.config import TASKS, ModelConfig
-from perception.models.heads import DepthHead, FCOSHead, SegmentationHead
-from perception.models.multitask import MultiTaskModel, build_model
+from perception.models.build import build_model
+from perception.models.config import ModelConfig
+from perception.models.multitask import MultiTaskModel
 from perception.models.neck import FPN
 
-__all__ = ["FPN", "TASKS", "DepthHead", "FCOSHead", "ModelConfig", "MultiTaskModel", "SegmentationHead",
-           "TimmBackbone", "build_model"]
+__all__ = ["FPN", "ModelConfig", "MultiTaskModel", "TimmBackbone", "build_model"]

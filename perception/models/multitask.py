@@ -1,6 +1,6 @@
-"""The multi-task network: one timm backbone and one FPN shared by detection, segmentation and depth heads.
+"""The multi-task network: one timm backbone and one FPN shared by the heads of any number of named tasks.
 
-    pyramid = neck(backbone(images))                 # shared: P2..P5 (+ P6, P7 for detection)
+    pyramid = neck(backbone(images))                 # shared: P2..P5 (+ P6, P7 when a task reads them)
     outputs = {task: head(levels of pyramid)}        # raw tensors per task
 
 Any non-empty subset of the tasks can be switched on; a single-task baseline is this same model with one task.
@@ -12,14 +12,9 @@ from typing import Iterable, Iterator, Sequence
 
 from torch import Tensor, nn
 
-from perception.data.batch import Batch
 from perception.models.backbone import TimmBackbone
-from perception.models.config import TASKS, ModelConfig, check_tasks
-from perception.models.heads import DepthHead, FCOSHead, SegmentationHead
-from perception.models.neck import FPN
-
-# Which pyramid levels each head reads: detection P3..P7, the dense heads P2..P5.
-HEAD_LEVELS = {"detection": slice(1, None), "segmentation": slice(0, 4), "depth": slice(0, 4)}
+from perception.models.neck import FPN, pyramid_output_parameters
+from perception.tasks import Task
 
 
 class MultiTaskModel(nn.Module):
@@ -29,14 +24,19 @@ class MultiTaskModel(nn.Module):
         backbone: the shared feature extractor (C2..C5).
         neck: the shared feature pyramid.
         heads: task name -> head.
+        task_specs: task name -> :class:`perception.tasks.Task` (how each head's output is trained, decoded and
+            evaluated); the same keys as ``heads``.
     """
 
-    def __init__(self, backbone: TimmBackbone, neck: FPN, heads: dict[str, nn.Module]) -> None:
+    def __init__(self, backbone: TimmBackbone, neck: FPN, heads: dict[str, nn.Module],
+                 task_specs: dict[str, Task]) -> None:
         super().__init__()
-        check_tasks(heads.keys())
+        if list(heads) != list(task_specs) or not heads:
+            raise ValueError(f"heads {list(heads)} and tasks {list(task_specs)}: expected the same non-empty keys")
         self.backbone = backbone
         self.neck = neck
         self.heads = nn.ModuleDict(heads)
+        self.task_specs = dict(task_specs)
 
     @property
     def tasks(self) -> list[str]:
@@ -55,10 +55,10 @@ class MultiTaskModel(nn.Module):
     def forward_heads(self, pyramid: Sequence[Tensor], tasks: Iterable[str] | None = None) -> dict:
         """Raw outputs of the heads in ``tasks`` (all by default), keyed by task."""
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
-        return {task: self.heads[task](pyramid[HEAD_LEVELS[task]]) for task in tasks}
+        return {task: self.heads[task](pyramid[self.task_specs[task].LEVELS]) for task in tasks}
 
     def forward(self, images: Tensor, tasks: Iterable[str] | None = None, return_features: bool = False):
-        """Raw outputs keyed by task: ``detection`` a dict of tensors, ``segmentation`` logits, ``depth`` raw.
+        """Raw outputs keyed by task name (each head's own form: a dict of tensors, logits, a raw map).
 
         Args:
             images (Tensor[B, 3, H, W]): RGB, values 0..255.
@@ -71,39 +71,36 @@ class MultiTaskModel(nn.Module):
         outputs = self.forward_heads(pyramid, tasks)
         return (outputs, pyramid) if return_features else outputs
 
-    def compute_losses(self, outputs: dict, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def compute_losses(self, outputs: dict, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per-task losses over the images that carry each task's labels.
 
         Every task in ``outputs`` gets a loss; a task no image of the batch carries gets exactly 0 (still attached
-        to the graph, so distributed training sees every parameter used). ``batch`` must be on the outputs' device.
+        to the graph, so distributed training sees every parameter used). ``batch`` (a
+        :class:`perception.data.Batch`: ``targets[label]``, ``has[label]``) must be on the outputs' device.
 
         Returns:
             ``task_losses`` (task -> scalar) and ``components`` (detached parts for logging, such as
             ``detection/cls``).
         """
         task_losses, components = {}, {}
-        for task, out in outputs.items():
-            if task == "detection":
-                parts = self.heads[task].compute_loss(out, batch.boxes, batch.labels, batch.has["detection"])
-                task_losses[task] = parts["cls"] + parts["box"] + parts["ctr"]
-                components.update({f"detection/{k}": v.detach() for k, v in parts.items()})
-            elif task == "segmentation":
-                task_losses[task] = self.heads[task].compute_loss(out, batch.semantic)
-            else:
-                task_losses[task] = self.heads[task].compute_loss(out, batch.depth)
+        for name, out in outputs.items():
+            task = self.task_specs[name]
+            if task.label not in batch.targets:
+                task_losses[name] = _zero_loss(out)
+                continue
+            loss, parts = task.loss(self.heads[name], out, batch.targets[task.label], batch.has[task.label])
+            task_losses[name] = loss
+            components.update({f"{name}/{k}": v for k, v in parts.items()})
         return task_losses, components
 
-    def postprocess(self, outputs: dict, image_size: tuple[int, int]) -> dict:
-        """Predictions at the network input's size ``(H, W)``.
-
-        Returns:
-            ``detection``: per image ``{"boxes", "scores", "labels"}``; ``segmentation``: Tensor[B, H, W] class
-            ids; ``depth``: Tensor[B, H, W] metres. Only the tasks present in ``outputs``.
-        """
-        results = {}
-        for task, out in outputs.items():
-            results[task] = self.heads[task].postprocess(out, image_size)
-        return results
+    def postprocess(self, outputs: dict, image_size: tuple[int, int], options: dict[str, dict] | None = None
+                    ) -> dict:
+        """Predictions at the network input's size ``(H, W)``, per task (each type's own form: per-image box
+        dicts, Tensor[B, H, W] class ids or metres, ...); ``options`` gives a task's thresholds for this call,
+        e.g. ``{"detection": {"score_thresh": 0.05}}``."""
+        options = options or {}
+        return {name: self.task_specs[name].postprocess(self.heads[name], out, image_size, **options.get(name, {}))
+                for name, out in outputs.items()}
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters every task's loss depends on (backbone and neck), for the gradient-based MTL methods."""
@@ -112,8 +109,6 @@ class MultiTaskModel(nn.Module):
 
     def last_shared_parameters(self) -> Iterator[nn.Parameter]:
         """The last shared layer, the FPN's output convolutions (where GradNorm measures gradient norms)."""
-        from perception.models.sharing import pyramid_output_parameters
-
         yield from (p for p in pyramid_output_parameters(self.neck) if p.requires_grad)
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
@@ -128,31 +123,14 @@ class MultiTaskModel(nn.Module):
         return tasks
 
 
-def build_model(cfg: ModelConfig) -> MultiTaskModel:
-    """Build the network described by ``cfg`` (tasks, backbone, neck and head settings)."""
-    tasks = check_tasks(cfg.tasks)
-    bb = cfg.backbone
-    backbone = TimmBackbone(bb.name, bb.pretrained, bb.freeze_at, bb.frozen_bn, bb.drop_path_rate)
-    neck = FPN(backbone.out_channels, cfg.neck.channels, backbone.strides, extra_levels="detection" in tasks)
-    heads: dict[str, nn.Module] = {}
-    for task in TASKS:  # a fixed order, whatever order the config lists them in
-        if task not in tasks:
-            continue
-        if task == "detection":
-            d = cfg.detection
-            heads[task] = FCOSHead(neck.out_channels, d.num_classes, neck.strides[1:], d.num_convs, d.prior_prob,
-                                   d.center_sampling_radius, d.score_thresh, d.nms_thresh, d.topk_candidates,
-                                   d.detections_per_img, d.focal_alpha, d.focal_gamma)
-        elif task == "segmentation":
-            s = cfg.segmentation
-            heads[task] = SegmentationHead(neck.out_channels, s.num_classes, s.channels, neck.strides[:4],
-                                           s.ignore_index)
-        else:
-            d = cfg.depth
-            heads[task] = DepthHead(neck.out_channels, d.channels, neck.strides[:4], d.parameterization,
-                                    d.min_depth, d.max_depth, d.loss, d.silog_lambda, d.silog_scale)
-    if cfg.sharing != "hard":  # soft / cross-stitch: one trunk per task, built from this backbone
-        from perception.models.sharing import build_sharing_model
+def _zero_loss(out) -> Tensor:
+    """0 attached to every tensor of a head's output (so that DDP sees the head's parameters used)."""
+    leaves = [t for t in (out.values() if isinstance(out, dict) else [out]) if isinstance(t, Tensor)
+              and t.is_floating_point()]
+    return sum(t.float().sum() * 0.0 for t in leaves)
 
-        return build_sharing_model(cfg, backbone, heads)
-    return MultiTaskModel(backbone, neck, heads)
+
+def build_heads(tasks: dict[str, Task], neck: FPN) -> dict[str, nn.Module]:
+    """One head per task on the pyramid levels it reads."""
+    strides = list(neck.strides)
+    return {name: task.build_head(neck.out_channels, strides[task.LEVELS]) for name, task in tasks.items()}

@@ -6,7 +6,7 @@ input sizes work); RetinaNet/FCOS-style P6 and P7 are added on top of P5 only wh
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
@@ -39,3 +39,10 @@ class FPN(nn.Module):
         """Args: features: [C2, C3, C4, C5]. Returns: [P2, P3, P4, P5] (+ [P6, P7])."""
         named = OrderedDict((f"c{i + 2}", f) for i, f in enumerate(features))
         return list(self.fpn(named).values())
+
+
+def pyramid_output_parameters(neck: FPN) -> Iterator[nn.Parameter]:
+    """The FPN's output convolutions (3x3 on P2..P5, and P6/P7): the last layer before the heads."""
+    yield from neck.fpn.layer_blocks.parameters()
+    if neck.fpn.extra_blocks is not None:
+        yield from neck.fpn.extra_blocks.parameters()

@@ -25,20 +25,13 @@ import torch
 from timm.models._features import FeatureDictNet
 from torch import Tensor, nn
 
-from perception.data.batch import Batch
 from perception.models.backbone import TimmBackbone
 from perception.models.config import ModelConfig
-from perception.models.multitask import HEAD_LEVELS, MultiTaskModel
-from perception.models.neck import FPN
+from perception.models.multitask import MultiTaskModel
+from perception.models.neck import FPN, pyramid_output_parameters
+from perception.tasks import Task
 
 PENALTY_KEY = "sharing/penalty"
-
-
-def pyramid_output_parameters(neck: FPN) -> Iterator[nn.Parameter]:
-    """The FPN's output convolutions (3x3 on P2..P5, and P6/P7): the last layer before the heads."""
-    yield from neck.fpn.layer_blocks.parameters()
-    if neck.fpn.extra_blocks is not None:
-        yield from neck.fpn.extra_blocks.parameters()
 
 
 def backbone_stages(body: nn.Module) -> list[nn.Sequential]:
@@ -118,14 +111,16 @@ class PerTaskTrunkModel(MultiTaskModel):
         backbones: task -> backbone.
         necks: task -> FPN.
         heads: task -> head.
+        task_specs: task -> :class:`perception.tasks.Task`.
     """
 
-    def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module]
-                 ) -> None:
+    def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module],
+                 task_specs: dict[str, Task]) -> None:
         # No single trunk: ``backbone`` and ``neck`` are task -> module dicts, so that parameter names keep their
         # ``backbone.`` / ``neck.`` prefixes (the optimizer's backbone learning-rate multiplier relies on them).
         nn.Module.__init__(self)
         self.heads = nn.ModuleDict(heads)
+        self.task_specs = dict(task_specs)
         self.backbone = nn.ModuleDict({t: backbones[t] for t in self.tasks})
         self.neck = nn.ModuleDict({t: necks[t] for t in self.tasks})
 
@@ -135,7 +130,7 @@ class PerTaskTrunkModel(MultiTaskModel):
 
     def forward_heads(self, pyramids: dict[str, Sequence[Tensor]], tasks: Iterable[str] | None = None) -> dict:
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
-        return {t: self.heads[t](pyramids[t][HEAD_LEVELS[t]]) for t in tasks}
+        return {t: self.heads[t](pyramids[t][self.task_specs[t].LEVELS]) for t in tasks}
 
     def forward(self, images: Tensor, tasks: Iterable[str] | None = None, return_features: bool = False):
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
@@ -163,8 +158,8 @@ class SoftSharingModel(PerTaskTrunkModel):
     """
 
     def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module],
-                 penalty_weight: float = 1e-2) -> None:
-        super().__init__(backbones, necks, heads)
+                 task_specs: dict[str, Task], penalty_weight: float = 1e-2) -> None:
+        super().__init__(backbones, necks, heads, task_specs)
         self.penalty_weight = penalty_weight
 
     def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
@@ -196,7 +191,7 @@ class SoftSharingModel(PerTaskTrunkModel):
                 total = total + torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
         return self.penalty_weight * total
 
-    def compute_losses(self, outputs: dict, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def compute_losses(self, outputs: dict, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``MultiTaskModel.compute_losses`` plus ``components["sharing/penalty"]`` over the tasks in ``outputs``:
         a scalar with a gradient, which the trainer adds to the backpropagated loss."""
         task_losses, components = super().compute_losses(outputs, batch)
@@ -217,8 +212,8 @@ class CrossStitchModel(PerTaskTrunkModel):
     """
 
     def __init__(self, backbones: dict[str, TimmBackbone], necks: dict[str, FPN], heads: dict[str, nn.Module],
-                 init_self_weight: float = 0.9) -> None:
-        super().__init__(backbones, necks, heads)
+                 task_specs: dict[str, Task], init_self_weight: float = 0.9) -> None:
+        super().__init__(backbones, necks, heads, task_specs)
         # Plain lists (not registered): the stages are views of the backbones' own modules.
         self._stages = {t: backbone_stages(self.backbone[t].body) for t in self.tasks}
         num_stages = {len(s) for s in self._stages.values()}
@@ -247,16 +242,17 @@ class CrossStitchModel(PerTaskTrunkModel):
             yield from (p for p in module.parameters() if p.requires_grad)
 
 
-def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[str, nn.Module]) -> MultiTaskModel:
+def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[str, nn.Module],
+                        task_specs: dict[str, Task]) -> MultiTaskModel:
     """The ``soft`` or ``cross_stitch`` model: copies of ``backbone`` (identical weights) and one FPN per task
-    (detection's with P6/P7), started from identical weights where their parameters correspond."""
+    (with P6/P7 where the task reads them), started from identical weights where their parameters correspond."""
     tasks = list(heads)
     backbones = {t: backbone if i == 0 else copy.deepcopy(backbone) for i, t in enumerate(tasks)}
-    necks = {t: FPN(backbone.out_channels, cfg.neck.channels, backbone.strides, extra_levels=t == "detection")
-             for t in tasks}
+    necks = {t: FPN(backbone.out_channels, cfg.neck.channels, backbone.strides,
+                    extra_levels=task_specs[t].EXTRA_LEVELS) for t in tasks}
     tie_initialisation([necks[t] for t in tasks])
     if cfg.sharing == "soft":
-        return SoftSharingModel(backbones, necks, heads, cfg.soft_sharing_weight)
+        return SoftSharingModel(backbones, necks, heads, task_specs, cfg.soft_sharing_weight)
     if cfg.sharing == "cross_stitch":
-        return CrossStitchModel(backbones, necks, heads, cfg.cross_stitch_init)
+        return CrossStitchModel(backbones, necks, heads, task_specs, cfg.cross_stitch_init)
     raise ValueError(f"model.sharing: got {cfg.sharing!r}, expected 'hard', 'soft' or 'cross_stitch'")

@@ -5,7 +5,7 @@ Gradient methods (``backward``, per-task gradients of the shared parameters): PC
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from perception.mtl.aligned_mtl import AlignedMTL
 from perception.mtl.base import Weighting
@@ -23,15 +23,23 @@ from perception.mtl.scheduling import (LossRatioScheduler, RandomScheduler, Roun
 from perception.mtl.uncertainty import UncertaintyWeighting
 
 
-def build_weighting(cfg: WeightingConfig, tasks: Iterable[str]) -> Weighting:
-    """The weighting module named by ``cfg.method`` for ``tasks``."""
+def build_weighting(cfg: WeightingConfig, tasks: Iterable[str], loss_kinds: Mapping[str, str] | None = None
+                    ) -> Weighting:
+    """The weighting module named by ``cfg.method`` for ``tasks``.
+
+    Args:
+        cfg: the ``weighting`` section.
+        tasks: the task names.
+        loss_kinds: task -> ``regression`` or ``classification`` (the tasks' own kinds, for uncertainty
+            weighting; ``cfg.task_types`` overrides them).
+    """
     tasks = list(tasks)
     if cfg.method == "equal":
         return FixedWeighting(tasks)
     if cfg.method == "fixed":
         return FixedWeighting(tasks, cfg.weights)
     if cfg.method == "uncertainty":
-        return UncertaintyWeighting(tasks, cfg.task_types, cfg.init_log_var)
+        return UncertaintyWeighting(tasks, {**dict(loss_kinds or {}), **cfg.task_types}, cfg.init_log_var)
     if cfg.method == "dwa":
         return DynamicWeightAverage(tasks, cfg.dwa_temperature)
     if cfg.method == "gradnorm":

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from perception.mtl.base import Weighting, zero_with_graph
 
 # Whether each task's loss behaves like a regression (c = 1/2) or a classification (c = 1) likelihood.
-DEFAULT_TASK_TYPES = {"detection": "classification", "segmentation": "classification", "depth": "regression"}
 
 
 class UncertaintyWeighting(Weighting):
@@ -26,16 +25,17 @@ class UncertaintyWeighting(Weighting):
 
     Args:
         tasks: task names.
-        task_types: task -> ``regression`` or ``classification`` (defaults: depth regression, others
-            classification; other names regression).
+        task_types: task -> ``regression`` or ``classification`` (a task not named is a regression); the
+            trainer passes each task type's own kind (:attr:`perception.tasks.Task.LOSS_KIND`), which
+            ``weighting.task_types`` overrides.
         init_log_var: initial ``s_t``, one float for all tasks or a task -> float mapping.
     """
 
     def __init__(self, tasks: Iterable[str], task_types: Mapping[str, str] | None = None,
                  init_log_var: float | Mapping[str, float] = 0.0) -> None:
         super().__init__(tasks)
-        types = {**DEFAULT_TASK_TYPES, **dict(task_types or {})}
-        unknown = set(task_types or {}) - set(self.tasks)
+        types = dict(task_types or {})
+        unknown = set(types) - set(self.tasks)
         if unknown:
             raise ValueError(f"weighting.task_types: unknown task(s) {sorted(unknown)}; the model has {self.tasks}")
         for t in self.tasks:

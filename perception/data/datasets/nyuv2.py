@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from perception.data.batch import IGNORE_INDEX, TASK_KEYS
+from perception.data.batch import IGNORE_INDEX, LABEL_KEYS
 from perception.data.datasets.base import BaseDataset
 from perception.data.io import DataError, read_image, read_label_image, require_file
 
@@ -139,8 +139,8 @@ def _class_names(num_classes: int) -> list[str]:
 def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
     """The wanted tasks that NYUv2 labels (segmentation, depth; all of them when none is wanted)."""
     for task in tasks or ():
-        if task not in TASK_KEYS:
-            raise ValueError(f"tasks: unknown task {task!r}; expected some of {', '.join(TASK_KEYS)}")
+        if task not in LABEL_KEYS:
+            raise ValueError(f"tasks: unknown task {task!r}; expected some of {', '.join(LABEL_KEYS)}")
     kept = tuple(t for t in ("segmentation", "depth") if t in (tasks or ()))
     return kept or ("segmentation", "depth")
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from perception.engine.distributed import all_reduce_sum
+from perception.utils.distributed import all_reduce_sum
 
 
 class SegmentationMetric:

@@ -11,23 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-
-def ltrb_to_boxes(points: Tensor, ltrb: Tensor) -> Tensor:
-    """Decode distances to boxes.
-
-    Args:
-        points (Tensor[..., 2]): (x, y) locations.
-        ltrb (Tensor[..., 4]): distances to the left, top, right and bottom sides.
-
-    Returns:
-        Tensor[..., 4]: boxes (x0, y0, x1, y1).
-    """
-    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
-
-
-def boxes_to_ltrb(points: Tensor, boxes: Tensor) -> Tensor:
-    """Distances from ``points`` (Tensor[..., 2]) to the sides of ``boxes`` (Tensor[..., 4]); negative outside."""
-    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+from perception.ops.boxes import boxes_to_ltrb, ltrb_to_boxes
 
 
 def centerness_target(ltrb: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from perception.engine.distributed import all_reduce_sum
+from perception.utils.distributed import all_reduce_sum
 
 # NYUv2 Eigen crop of a 480 x 640 image: rows 45:471, columns 41:601.
 EIGEN_CROP = (45 / 480, 471 / 480, 41 / 640, 601 / 640)

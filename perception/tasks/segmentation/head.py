@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perception.losses.segmentation import semantic_cross_entropy
-from perception.models.heads.dense import SemanticFPNBranch
+from perception.tasks.segmentation.loss import semantic_cross_entropy
+from perception.ops.dense import SemanticFPNBranch, upsample
 
 
 class SegmentationHead(nn.Module):
@@ -48,10 +47,3 @@ class SegmentationHead(nn.Module):
     def postprocess(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         """Class ids Tensor[B, H, W] (int64) at ``size``."""
         return upsample(logits, size).argmax(1)
-
-
-def upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of Tensor[B, C, h, w] to ``size`` (no-op when it already has it)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from torch import Tensor
 
-from perception.engine.distributed import gather_objects
+from perception.utils.distributed import gather_objects
 
 # Keys of COCOeval.stats[0:6] (the box AP entries).
 COCO_AP_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")

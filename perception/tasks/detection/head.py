@@ -1,7 +1,7 @@
 """FCOS: anchor-free dense detection (Tian et al., ICCV 2019), as torchvision's FCOS behaves.
 
 Three named pieces, as in torchvision: ``FCOSHead.forward`` returns raw tensors, ``FCOSHead.compute_loss``
-assigns targets and computes the losses (``perception.losses.detection``), ``FCOSHead.postprocess`` decodes,
+assigns targets and computes the losses (``perception.tasks.detection.loss``), ``FCOSHead.postprocess`` decodes,
 thresholds, keeps the top-k per level and runs class-wise NMS.
 
 Target assignment (per location and ground-truth box): the location lies inside the box, within
@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from perception.losses.detection import fcos_losses, ltrb_to_boxes
-from perception.models.layers import conv_gn_relu
+from perception.ops.boxes import ltrb_to_boxes
+from perception.tasks.detection.loss import fcos_losses
+from perception.ops.layers import conv_gn_relu
 
 
 MAX_LOG_DISTANCE = 7.0
@@ -128,7 +129,7 @@ class FCOSHead(nn.Module):
         num_convs: conv-GN-ReLU layers per tower.
         prior_prob: initial foreground probability.
         center_sampling_radius, score_thresh, nms_thresh, topk_candidates, detections_per_img,
-        focal_alpha, focal_gamma: see :class:`perception.models.config.DetectionConfig`.
+        focal_alpha, focal_gamma: see :class:`perception.tasks.detection.config.DetectionConfig`.
     """
 
     def __init__(self, in_channels: int, num_classes: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
@@ -227,12 +228,14 @@ class FCOSHead(nn.Module):
                            self.focal_alpha, self.focal_gamma)
 
     @torch.no_grad()
-    def postprocess(self, outputs: dict[str, Tensor], image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
+    def postprocess(self, outputs: dict[str, Tensor], image_size: tuple[int, int],
+                    score_thresh: float | None = None) -> list[dict[str, Tensor]]:
         """Scores sqrt(cls * centerness), threshold, top-k per level, class-wise NMS, top detections.
 
         Args:
             outputs: what ``forward`` returned.
             image_size: (H, W) of the network input, to clip boxes to.
+            score_thresh: this call's score threshold (default: the head's ``score_thresh``).
 
         Returns:
             per image ``{"boxes": Tensor[N, 4], "scores": Tensor[N], "labels": Tensor[N]}``, in input pixels.
@@ -242,6 +245,7 @@ class FCOSHead(nn.Module):
         scores_all = torch.sqrt(cls_prob * ctr_prob.unsqueeze(-1))                         # [B, A, C]
         boxes_all = ltrb_to_boxes(outputs["points"].unsqueeze(0), outputs["box_regression"].float())
         num_per_level = outputs["num_per_level"]
+        thresh = self.score_thresh if score_thresh is None else score_thresh
         results = []
         for scores_per_image, boxes_per_image in zip(scores_all, boxes_all):
             image_boxes, image_scores, image_labels = [], [], []
@@ -250,7 +254,7 @@ class FCOSHead(nn.Module):
                 scores_per_level = scores_per_image[start:start + n].flatten()             # [n * C]
                 boxes_per_level = boxes_per_image[start:start + n]
                 start += n
-                keep = torch.nonzero(scores_per_level > self.score_thresh).squeeze(1)
+                keep = torch.nonzero(scores_per_level > thresh).squeeze(1)
                 scores_kept = scores_per_level[keep]
                 if len(keep) > self.topk_candidates:
                     scores_kept, order = scores_kept.topk(self.topk_candidates)

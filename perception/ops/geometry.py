@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -186,3 +187,58 @@ def dense_to_original_numpy(x: np.ndarray, letterbox: Letterbox) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     rows = x[:, y0] * (1 - wy)[None, :, None] + x[:, y1] * wy[None, :, None]       # [C, height, w]
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx                          # [C, height, width]
+
+
+# ---------------------------------------------------------------------------------------- evaluation geometry
+# The evaluation transform fits an image into ``data.image_size`` (its ``input_size``) and collate pads it; these
+# map one image's tensors at the network input back to its ``orig_size``.
+
+
+def crop_resize_nearest(pred: Tensor, input_size: Sequence[int], orig_size: Sequence[int]) -> Tensor:
+    """Ids or any map at the network input -> the original image: drop the padding, nearest resize.
+
+    Args:
+        pred (Tensor[H_pad, W_pad] or Tensor[H_pad, W_pad, C]): one image of the padded batch.
+        input_size: (h, w) of the image inside the padding (``meta["input_size"]``).
+        orig_size: (H, W) of the original image (``meta["orig_size"]``).
+    """
+    h, w = input_size
+    crop = pred[:h, :w]
+    channels_last = crop.ndim == 3
+    x = crop.permute(2, 0, 1)[None] if channels_last else crop[None, None]
+    out = F.interpolate(x.float(), size=tuple(orig_size), mode="nearest-exact")[0]
+    out = out.permute(1, 2, 0) if channels_last else out[0]
+    return out.to(pred.dtype)
+
+
+def crop_resize_linear(pred: Tensor, input_size: Sequence[int], orig_size: Sequence[int]) -> Tensor:
+    """A smooth map (depth in metres, normals) at the network input -> the original image, bilinear.
+
+    Args:
+        pred (Tensor[H_pad, W_pad] or Tensor[H_pad, W_pad, C]): one image of the padded batch.
+        input_size: (h, w) inside the padding.
+        orig_size: (H, W) of the original image.
+    """
+    h, w = input_size
+    crop = pred[:h, :w].float()
+    channels_last = crop.ndim == 3
+    x = crop.permute(2, 0, 1)[None] if channels_last else crop[None, None]
+    out = F.interpolate(x, size=tuple(orig_size), mode="bilinear", align_corners=False)[0]
+    return out.permute(1, 2, 0) if channels_last else out[0]
+
+
+def scale_boxes(boxes: Tensor, input_size: Sequence[int], orig_size: Sequence[int]) -> Tensor:
+    """xyxy boxes at the network input -> original pixels (per-axis scale, clipped to the image).
+
+    Args:
+        boxes (Tensor[N, 4]): xyxy at the network input.
+        input_size: (h, w) inside the padding.
+        orig_size: (H, W) of the original image.
+    """
+    h, w = input_size
+    height, width = orig_size
+    scale = boxes.new_tensor([width / w, height / h, width / w, height / h])
+    out = boxes * scale
+    out[:, 0::2] = out[:, 0::2].clamp(0, width)
+    out[:, 1::2] = out[:, 1::2].clamp(0, height)
+    return out

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perception.losses.depth import l1_log_loss, silog_loss
-from perception.models.heads.dense import SemanticFPNBranch
-from perception.models.heads.segmentation import upsample
+from perception.ops.dense import SemanticFPNBranch, upsample
+from perception.tasks.depth.loss import l1_log_loss, silog_loss
 
 
 class DepthHead(nn.Module):

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perception.models.layers import conv_gn_relu
+from perception.ops.layers import conv_gn_relu
 
 
 class ScaleBranch(nn.Module):
@@ -61,3 +61,10 @@ class SemanticFPNBranch(nn.Module):
             y = branch(x, sizes[:level][::-1])
             out = y if out is None else out + y
         return out
+
+
+def upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of Tensor[B, C, h, w] to ``size`` (no-op when it already has it)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,21 @@
+"""Build the network a :class:`perception.models.config.ModelConfig` describes (any sharing mode)."""
+from __future__ import annotations
+
+from perception.models.backbone import TimmBackbone
+from perception.models.config import ModelConfig
+from perception.models.multitask import MultiTaskModel, build_heads
+from perception.models.neck import FPN
+from perception.models.sharing import build_sharing_model
+
+
+def build_model(cfg: ModelConfig) -> MultiTaskModel:
+    """Build the network described by ``cfg`` (tasks, backbone, neck and head settings)."""
+    tasks = cfg.build_tasks()
+    bb = cfg.backbone
+    backbone = TimmBackbone(bb.name, bb.pretrained, bb.freeze_at, bb.frozen_bn, bb.drop_path_rate)
+    neck = FPN(backbone.out_channels, cfg.neck.channels, backbone.strides,
+               extra_levels=any(task.EXTRA_LEVELS for task in tasks.values()))
+    heads = build_heads(tasks, neck)
+    if cfg.sharing != "hard":  # soft / cross-stitch: one trunk per task, built from this backbone
+        return build_sharing_model(cfg, backbone, heads, tasks)
+    return MultiTaskModel(backbone, neck, heads, tasks)

@@ -1,0 +1,36 @@
+"""Settings of a monocular depth task."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class DepthConfig:
+    """Dense depth branch with the same 1/4-scale structure as the segmentation branch.
+
+    Attributes:
+        channels: channels of the branch's conv-GN-ReLU stages.
+        parameterization: ``log`` predicts log-depth (unbounded); ``sigmoid`` predicts
+            ``max_depth * sigmoid(x)`` (bounded by ``max_depth``).
+        min_depth: predictions are clamped below to this many metres.
+        max_depth: upper bound of the ``sigmoid`` parameterization and clamp of the ``log`` one.
+        loss: ``silog`` (scale-invariant log loss, Eigen et al. 2014, as in BTS) or ``l1_log``.
+        silog_lambda: variance weight of SILog (0.85 as in BTS; 1 is fully scale invariant).
+        silog_scale: multiplier of SILog (10 in BTS).
+    """
+
+    channels: int = 128
+    parameterization: Literal["log", "sigmoid"] = "log"
+    min_depth: float = 1e-3
+    max_depth: float = 250.0
+    loss: Literal["silog", "l1_log"] = "silog"
+    silog_lambda: float = 0.85
+    silog_scale: float = 10.0
+
+    def validate(self) -> None:
+        if not 0 < self.min_depth < self.max_depth:
+            raise ValueError(f"min_depth/max_depth: got {self.min_depth}/{self.max_depth}, "
+                             "expected 0 < min_depth < max_depth")
+        if not 0.0 <= self.silog_lambda <= 1.0:
+            raise ValueError(f"silog_lambda: got {self.silog_lambda}, expected a value in [0, 1]")
