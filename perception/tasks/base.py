@@ -25,7 +25,9 @@ Pieces of a type, in the order data flows through them:
   original image;
 - metrics: ``build_metric``, ``update_metric``, ``HEADLINE`` (keys printed first) and ``SIGNS`` (direction of
   each metric for the multi-task gain);
-- inference/export/pictures: ``to_numpy``, ``export_outputs``, ``decode_numpy``, ``draw``.
+- inference/export/pictures: ``predict`` (raw outputs -> numpy results at the original image size), ``to_numpy``,
+  ``export_outputs``/``export_metadata``/``decode_numpy`` (the ONNX graph and its numpy decode), ``draw``,
+  ``draw_options`` and ``record`` (pictures and the JSON line); a result is a dict with the keys ``FIELDS``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from perception.ops.geometry import Letterbox, dense_to_original
 
 
 class Task:
@@ -137,20 +141,80 @@ class Task:
         return {f"{self.name}/{k}": v for k, v in self.SIGNS.items()}
 
     # ------------------------------------------------------------------------------- inference and pictures
-    def to_numpy(self, prediction: Any) -> Any:
-        """One image's restored prediction as numpy (what :class:`perception.inference.Prediction` holds)."""
+    # A task's *result* for one image is a dict of numpy arrays, lists and plain values at the original image's
+    # size, whose keys are ``FIELDS``: what :class:`perception.inference.Prediction` holds under the task's name
+    # (``pred[name][field]``; ``pred.<field>`` finds it when exactly one task has that field). The PyTorch path
+    # (``predict``), the network-size path of evaluation pictures (``to_numpy``) and the ONNX path
+    # (``decode_numpy``) all give this form, so ``draw`` and ``record`` serve all three.
+    FIELDS: ClassVar[tuple[str, ...]] = ()         # keys of a result, e.g. ("depth",)
+    OPTIONS: ClassVar[tuple[str, ...]] = ()        # post-processing options of predict/decode_numpy ("score_thresh")
+
+    def predict(self, head: nn.Module, output: Any, letterboxes: Sequence[Letterbox], **options: Any
+                ) -> list[dict[str, Any]]:
+        """A batch's raw head outputs -> one result per image, at that image's original size.
+
+        The images of a batch share one padded network size; ``letterboxes[i]`` says where image ``i`` lies in it
+        (:mod:`perception.ops.geometry`). The default serves dense types whose head output is one
+        Tensor[B, C, h, w] on a regular grid over the padded input and whose ``postprocess`` decodes at any size:
+        the raw map is resized straight to the original pixels (``dense_to_original``, one bilinear resize, the
+        padding left out), decoded there by ``postprocess`` and turned into numpy by ``to_numpy``. Resizing before
+        decoding keeps class boundaries smooth and costs one resize from the stride-4 grid. Types whose results
+        are not maps (boxes) override it: ``postprocess`` at the network size, then the letterbox (e.g.
+        ``boxes_to_original``).
+
+        Args:
+            head: the task's head.
+            output: its raw output for the batch (float32 or autocast dtype).
+            letterboxes: one per image, in batch order.
+            options: post-processing options (``OPTIONS``), e.g. ``score_thresh``; never set on the head.
+        """
+        if self.KIND != "dense":
+            raise NotImplementedError(f"{type(self).__name__}.predict: a {self.KIND!r} task must implement it")
+        results = []
+        for i, box in enumerate(letterboxes):
+            raw = dense_to_original(output[i:i + 1].float(), box)
+            decoded = self.postprocess(head, raw, (box.height, box.width), **options)
+            results.append(self.to_numpy(self.select(decoded, 0)))
+        return results
+
+    def to_numpy(self, prediction: Any) -> dict[str, Any]:
+        """One image's prediction in the form of ``postprocess`` + ``select`` (tensors, at whatever size they
+        are: the original image in ``predict``, the network input for evaluation pictures) -> its result."""
         raise NotImplementedError
 
     def export_outputs(self, head: nn.Module, output: Any) -> dict[str, Tensor]:
-        """Tensors of the ONNX graph's outputs (names without the task prefix), decoded as far as the graph can."""
+        """The ONNX graph's outputs of this task, decoded as far as a fixed-shape graph can (thresholds, top-k and
+        NMS, whose output sizes depend on the data, stay out): short names (the graph calls them
+        ``<task>__<name>``) -> Tensor[B, ...], batch first."""
         raise NotImplementedError
 
-    def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Any, **options: Any) -> Any:
-        """The ONNX outputs of one image -> the same numpy result as ``to_numpy`` of the PyTorch path."""
+    def export_metadata(self, head: nn.Module) -> dict[str, Any]:
+        """JSON-able facts of the built head that ``decode_numpy`` needs besides the settings (passed to it as
+        options by whoever reads the exported file), e.g. the detection levels' strides."""
+        return {}
+
+    def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Letterbox, **options: Any
+                     ) -> dict[str, Any]:
+        """One image's slice of the ``export_outputs`` (short names, numpy, no batch axis) -> its result at the
+        original size, equal to ``predict``'s within float tolerance. Only numpy (and OpenCV) may be used: this
+        is the path of onnxruntime callers. ``options``: ``OPTIONS`` and ``export_metadata``'s keys."""
         raise NotImplementedError
 
-    def draw(self, image: np.ndarray, result: Any, **options: Any) -> np.ndarray:
-        """A picture of one image's numpy result over (or beside) ``image`` (H x W x 3 uint8 RGB)."""
+    def draw(self, image: np.ndarray, result: Mapping[str, Any], **options: Any) -> np.ndarray:
+        """One picture (a panel) of one image's result: ndarray[H, W, 3] uint8 RGB of ``image``'s size, drawn over
+        a copy of ``image`` (or in place of it, for a map such as depth). Built from the primitives of
+        :mod:`perception.ops.draw` so that every picture of the toolkit (tools/infer.py, TensorBoard) looks the
+        same. Options a type does not know are ignored (one call passes the same options to every task)."""
+        raise NotImplementedError
+
+    def draw_options(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """Options of ``draw`` that a video fixes from its first frame so that a colour means the same thing in
+        every frame (e.g. the depth range in metres); ``{}`` when nothing needs fixing."""
+        return {}
+
+    def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON-serialisable summary of one result for ``predictions.jsonl`` (boxes in COCO style, class
+        fractions, a value range, ...); the line nests it as ``"tasks": {name: {"type": ..., **record}}``."""
         raise NotImplementedError
 
 
