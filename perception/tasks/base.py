@@ -27,7 +27,7 @@ Pieces of a type, in the order data flows through them:
   each metric for the multi-task gain);
 - inference/export/pictures: ``predict`` (raw outputs -> numpy results at the original image size), ``to_numpy``,
   ``export_outputs``/``export_metadata``/``decode_numpy`` (the ONNX graph and its numpy decode), ``draw``,
-  ``draw_options`` and ``record`` (pictures and the JSON line); a result is a dict with the keys ``FIELDS``.
+  ``draw_options``, ``raw_image`` and ``record`` (pictures, raw PNGs and the JSON line); a result is a dict with the keys ``FIELDS``.
 """
 from __future__ import annotations
 
@@ -211,6 +211,11 @@ class Task:
         """Options of ``draw`` that a video fixes from its first frame so that a colour means the same thing in
         every frame (e.g. the depth range in metres); ``{}`` when nothing needs fixing."""
         return {}
+
+    def raw_image(self, result: Mapping[str, Any]) -> np.ndarray | None:
+        """The result as one lossless picture for ``tools/infer.py --raw`` (written as PNG): ndarray[H, W] or
+        [H, W, 3], uint8 or uint16 (e.g. class ids, millimetres); ``None`` for a result that is no map."""
+        return None
 
     def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
         """A JSON-serialisable summary of one result for ``predictions.jsonl`` (boxes in COCO style, class
