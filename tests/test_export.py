@@ -1,4 +1,5 @@
-"""ONNX export: the graph matches PyTorch under onnxruntime, and the numpy post-processing matches torchvision.
+"""ONNX export: the graph matches PyTorch under onnxruntime, its metadata rebuilds the tasks, and the numpy
+post-processing of every task gives the predictor's answer (detection's matches torchvision).
 
 The torch.export-based ("dynamo") exporter takes about a minute on 2 CPU cores, so its test runs only with
 PERCEPTION_SLOW_TESTS=1; the default tests export with the TorchScript-based ONNX exporter.
@@ -13,12 +14,13 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from _inference_utils import scene_image, tiny_config, tiny_model, write_checkpoint
-from perception.inference.export import ExportModule, compare_with_torch, export_onnx, onnx_session
-from perception.ops.geometry import letterbox_image
-from perception.inference.postprocess_numpy import batched_nms_numpy, fcos_postprocess_numpy, postprocess_numpy, \
-    pyramid_sizes
+from _inference_utils import FOUR_TASKS, scene_image, tiny_config, tiny_model, write_checkpoint
+from perception.inference.export import ExportModule, compare_with_torch, export_onnx, onnx_session, read_metadata, \
+    tasks_from_metadata
+from perception.inference.postprocess_numpy import postprocess_numpy
 from perception.inference.predictor import Predictor
+from perception.ops.geometry import letterbox_image
+from perception.tasks.detection.decode import batched_nms_numpy, fcos_postprocess_numpy, pyramid_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +41,8 @@ def _batch(size, seeds=(0, 1)):
 
 
 def test_onnx_matches_pytorch_at_several_sizes_and_batches(model, onnx_file):
-    assert onnx_file.output_names == ["detection_boxes", "detection_scores", "segmentation", "depth"]
+    assert onnx_file.output_names == ["detection__boxes", "detection__scores", "segmentation__logits",
+                                      "depth__depth"]
     graph = onnx.load(str(onnx_file.path))
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert [o.name for o in graph.graph.output] == onnx_file.output_names
@@ -83,19 +86,72 @@ def test_numpy_postprocess_matches_the_head(model):
     np.testing.assert_array_equal(got[2], expected["labels"].numpy())
 
 
-def test_onnx_and_numpy_give_the_predictors_answer(model, onnx_file):
-    image = scene_image(5, 77, 131)
-    expected = Predictor(model, (64, 96), detection_classes=["red", "blue"], device="cpu")(image)
-    padded, letterbox = letterbox_image(image, (64, 96))
-    session = onnx_session(onnx_file.path)
+def _onnx_prediction(path, image, options=None):
+    """What an onnxruntime caller does with nothing but the file: rebuild the tasks, letterbox, run, decode."""
+    session = onnx_session(path)
+    metadata = read_metadata(session)
+    tasks = tasks_from_metadata(metadata)
+    padded, letterbox = letterbox_image(image, tuple(metadata["image_size"]))
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(None, {"images": padded.transpose(2, 0, 1)[None].astype(np.float32)})
-    pred = postprocess_numpy({n: o[0] for n, o in zip(names, outputs)}, letterbox, detection_classes=["red", "blue"])
+    return postprocess_numpy({n: o[0] for n, o in zip(names, outputs)}, letterbox, tasks, metadata, options)
+
+
+def _assert_same_prediction(got, expected):
+    assert got.tasks == expected.tasks and got.types == expected.types
+    for name, result in expected.results.items():
+        other = got[name]
+        assert set(other) == set(result), name
+        if "semantic" in result:
+            assert other["semantic"].dtype == result["semantic"].dtype
+            assert (other["semantic"] == result["semantic"]).mean() > 0.99, name
+            assert other["semantic_names"] == result["semantic_names"]
+        if "depth" in result:  # metres vs log-depth interpolation
+            np.testing.assert_allclose(other["depth"], result["depth"], rtol=0.03)
+        if "boxes" in result:
+            assert len(result["boxes"]) > 0
+            np.testing.assert_allclose(other["boxes"], result["boxes"], atol=0.05)
+            np.testing.assert_allclose(other["scores"], result["scores"], atol=1e-4)
+            np.testing.assert_array_equal(other["labels"], result["labels"])
+            assert other["class_names"] == result["class_names"]
+
+
+def test_onnx_and_numpy_give_the_predictors_answer(model, onnx_file):
+    image = scene_image(5, 77, 131)
+    expected = Predictor(model, (64, 96), device="cpu")(image)
+    pred = _onnx_prediction(onnx_file.path, image)
     assert pred.semantic.shape == (77, 131) and pred.depth.shape == (77, 131)
-    assert (pred.semantic == expected.semantic).mean() > 0.99
-    np.testing.assert_allclose(pred.depth, expected.depth, rtol=0.03)  # metres vs log-depth interpolation
-    np.testing.assert_allclose(pred.boxes, expected.boxes, atol=0.05)
-    assert pred.class_names == expected.class_names
+    assert set(pred.class_names) <= {"red", "blue"}     # class names from the file's metadata
+    _assert_same_prediction(pred, expected)
+    # Thresholds are arguments of the decode, as of the predictor.
+    strict = _onnx_prediction(onnx_file.path, image, {"detection": {"score_thresh": 0.6}})
+    assert len(strict.boxes) == len(Predictor(model, (64, 96), device="cpu", score_thresh=0.6)(image).boxes) \
+        < len(pred.boxes)
+
+
+def test_four_named_tasks_export_and_decode_like_pytorch(tmp_path):
+    """Two segmentation tasks side by side: per-task output names, metadata that rebuilds every task, and
+    onnxruntime + numpy decode giving the PyTorch predictor's answer for each."""
+    model = tiny_model(tiny_config(FOUR_TASKS))
+    result = export_onnx(model, tmp_path / "four.onnx", (64, 96), exporter="torchscript")
+    assert result.output_names == ["objects__boxes", "objects__scores", "semantic__logits", "coarse__logits",
+                                   "depth__depth"]
+    assert max(compare_with_torch(result.path, model, _batch((64, 96))).values()) < 1e-3
+    metadata = read_metadata(result.path)
+    assert metadata["image_size"] == [64, 96] and metadata["decode"]["objects"]["strides"] == [8, 16, 32, 64, 128]
+    tasks = tasks_from_metadata(metadata)
+    assert {n: (t.TYPE, t.label, t.class_names) for n, t in tasks.items()} == {
+        n: (t.TYPE, t.label, t.class_names) for n, t in model.task_specs.items()}
+    image = scene_image(8, 90, 120)
+    _assert_same_prediction(_onnx_prediction(result.path, image), Predictor(model, (64, 96), device="cpu")(image))
+    # A subset by name, in the network's order whatever the order asked.
+    subset = export_onnx(model, tmp_path / "two.onnx", (64, 96), tasks=["coarse", "objects"], exporter="torchscript")
+    assert subset.output_names == ["objects__boxes", "objects__scores", "coarse__logits"]
+    assert list(tasks_from_metadata(read_metadata(subset.path))) == ["objects", "coarse"]
+    _assert_same_prediction(_onnx_prediction(subset.path, image),
+                            Predictor(model, (64, 96), tasks=["objects", "coarse"], device="cpu")(image))
+    with pytest.raises(ValueError, match="'normal_maps'"):
+        ExportModule(model, ["normal_maps"])
 
 
 def _load_tool():
@@ -116,7 +172,7 @@ def test_export_tool_checks_and_fails_above_tolerance(model, tmp_path, capsys):
             "--check-image", str(image)]
     assert tool.main(args) == 0
     report = capsys.readouterr().out
-    assert "torchscript exporter" in report and report.count(" ok") == 4
+    assert "torchscript exporter" in report and report.count(" ok") == 4 and "segmentation__logits" in report
     assert tool.main(args + ["--atol", "-1"]) == 1      # any difference is above a negative tolerance
     assert tool.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.ts"), "--format",
                       "torchscript", "--check-image", str(image)]) == 0

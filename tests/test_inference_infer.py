@@ -1,4 +1,5 @@
-"""tools/infer.py end to end: videos, folders with bad files, raw outputs, predictions.jsonl schema, Ctrl-C."""
+"""tools/infer.py end to end: videos, folders with bad files, raw outputs, predictions.jsonl schema, Ctrl-C, named
+tasks."""
 import importlib.util
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from _inference_utils import scene_image, tiny_config, tiny_model, write_checkpoint, write_video
+from _inference_utils import FOUR_TASKS, scene_image, tiny_config, tiny_model, write_checkpoint, write_video
 from perception.inference.predictor import Predictor
 from perception.inference.runner import run_inference
 from perception.inference.sources import SourceError, VideoSource, open_source
@@ -31,23 +32,28 @@ def checkpoint(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", cfg, tiny_model(cfg))
 
 
-def _check_record(record: dict, height: int, width: int) -> None:
-    """The predictions.jsonl schema (docs/inference.md)."""
+def _check_record(record: dict, height: int, width: int, names=("detection", "segmentation", "depth")) -> None:
+    """The predictions.jsonl schema (docs/inference.md): results keyed by task name, each with its type."""
     assert record["height"] == height and record["width"] == width
-    assert record["tasks"] == ["detection", "segmentation", "depth"]
-    for det in record["detections"]:
-        assert set(det) == {"bbox", "category_id", "category_name", "score"}
-        x, y, w, h = det["bbox"]
-        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01
-        assert det["category_name"] == ["red", "blue"][det["category_id"]]
-        assert 0 < det["score"] <= 1
-    scores = [d["score"] for d in record["detections"]]
-    assert scores == sorted(scores, reverse=True)
-    fractions = [c["fraction"] for c in record["semantic_classes"]]
-    assert abs(sum(fractions) - 1) < 1e-3
-    assert {c["name"] for c in record["semantic_classes"]} <= {"sky", "ground", "red", "blue"}
-    near, far = record["depth_range_m"]
-    assert 0 < near <= far
+    assert list(record["tasks"]) == list(names)
+    for name, entry in record["tasks"].items():
+        if entry["type"] == "detection":
+            for det in entry["detections"]:
+                assert set(det) == {"bbox", "category_id", "category_name", "score"}
+                x, y, w, h = det["bbox"]
+                assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01
+                assert det["category_name"] == ["red", "blue"][det["category_id"]]
+                assert 0 < det["score"] <= 1
+            scores = [d["score"] for d in entry["detections"]]
+            assert scores == sorted(scores, reverse=True)
+        elif entry["type"] == "segmentation":
+            fractions = [c["fraction"] for c in entry["semantic_classes"]]
+            assert abs(sum(fractions) - 1) < 1e-3
+            assert {c["name"] for c in entry["semantic_classes"]} <= {"sky", "ground", "red", "blue", "road", "car"}
+        else:
+            assert entry["type"] == "depth"
+            near, far = entry["depth_range_m"]
+            assert 0 < near <= far
     assert set(record["timings_ms"]) == {"pre", "forward", "post", "total"}
 
 
@@ -71,8 +77,9 @@ def test_video_gives_a_video_with_the_same_frames_and_rate(checkpoint, tmp_path)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     first = next(iter(open_source(str(video))))
     pred = predictor(first.image)
-    semantic = cv2.imread(str(out / "raw" / "frame_000000_semantic.png"), cv2.IMREAD_UNCHANGED)
-    depth = cv2.imread(str(out / "raw" / "frame_000000_depth.png"), cv2.IMREAD_UNCHANGED)
+    semantic = cv2.imread(str(out / "raw" / "segmentation" / "frame_000000.png"), cv2.IMREAD_UNCHANGED)
+    depth = cv2.imread(str(out / "raw" / "depth" / "frame_000000.png"), cv2.IMREAD_UNCHANGED)
+    assert sorted(p.name for p in (out / "raw").iterdir()) == ["depth", "segmentation"]  # no raw map of boxes
     assert semantic.dtype == np.uint8 and depth.dtype == np.uint16
     np.testing.assert_array_equal(semantic, pred.semantic)
     np.testing.assert_allclose(depth / 1000.0, pred.depth, atol=0.0006)
@@ -143,3 +150,34 @@ def test_ctrl_c_leaves_a_playable_partial_video(checkpoint, tmp_path):
     assert frames == 5
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 5
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["interrupted"] is True
+
+
+def test_named_tasks_from_the_command_line(tmp_path):
+    """A checkpoint with four named tasks (two segmentation tasks): a panel per task, records keyed by name, raw maps
+    per task, and --tasks selecting by name."""
+    cfg = tiny_config(FOUR_TASKS)
+    checkpoint = write_checkpoint(tmp_path / "four.pt", cfg, tiny_model(cfg))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(scene_image(0, 70, 100), cv2.COLOR_RGB2BGR))
+    for layout, shape in (("tile", (140, 200)), ("side", (70, 400))):
+        out = tmp_path / layout
+        assert infer_tool.main(["--checkpoint", str(checkpoint), "--source", str(folder), "--out", str(out),
+                                "--layout", layout, "--raw", "--quiet"]) == 0
+        assert cv2.imread(str(out / "vis" / "a.jpg")).shape[:2] == shape      # 4 panels: 2 x 2, or 1 x 4
+    record = json.loads((tmp_path / "side" / "predictions.jsonl").read_text())
+    _check_record(record, 70, 100, ("objects", "semantic", "coarse", "depth"))
+    assert record["tasks"]["coarse"]["type"] == "segmentation"
+    assert sorted(p.name for p in (tmp_path / "side" / "raw").iterdir()) == ["coarse", "depth", "semantic"]
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    pred = predictor(scene_image(0, 70, 100))
+    coarse = cv2.imread(str(tmp_path / "side" / "raw" / "coarse" / "a.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(coarse, pred["coarse"]["semantic"])
+    # --tasks by name: two of the four, in the network's order; the picture has their two panels.
+    out = tmp_path / "two"
+    assert infer_tool.main(["--checkpoint", str(checkpoint), "--source", str(folder), "--out", str(out),
+                            "--tasks", "coarse", "objects", "--quiet"]) == 0
+    assert list(json.loads((out / "predictions.jsonl").read_text())["tasks"]) == ["objects", "coarse"]
+    assert cv2.imread(str(out / "vis" / "a.jpg")).shape[:2] == (70, 200)
+    assert infer_tool.main(["--checkpoint", str(checkpoint), "--source", str(folder), "--out", str(out),
+                            "--tasks", "segmentation", "--quiet"]) == 2          # a type is not a task name here

@@ -1,4 +1,6 @@
-"""The Python API: geometry of the letterbox and back, only the asked-for heads, batching, input checks, checkpoints."""
+"""The Python API: geometry of the letterbox and back, only the asked-for heads, batching, input checks, checkpoints,
+named tasks and the legacy attributes of a Prediction."""
+import json
 import pickle
 import threading
 
@@ -6,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from _inference_utils import EchoModel, echo_image, scene_image, tiny_config, tiny_model, write_checkpoint
+from _inference_utils import FOUR_TASKS, EchoModel, echo_image, scene_image, tiny_config, tiny_model, \
+    write_checkpoint
 from perception.engine.checkpoint import CheckpointError
 from perception.ops.geometry import dense_to_original, dense_to_original_numpy, fit_letterbox
 from perception.inference.images import ImageReadError
@@ -247,3 +250,78 @@ def test_stream_is_lazy_and_keeps_nothing():
     assert len(pulled) == 4 and first.semantic.shape == (48, 80)   # one batch read ahead, no more
     assert sum(1 for _ in stream) == 39 and len(pulled) == 40
     assert len(predictor._buffers) == 1                              # one input buffer for the whole stream
+
+
+def test_four_named_tasks_and_the_legacy_attributes(tmp_path):
+    cfg = tiny_config(FOUR_TASKS)
+    path = write_checkpoint(tmp_path / "four.pt", cfg, tiny_model(cfg))
+    predictor = Predictor.from_checkpoint(path, device="cpu")
+    pred = predictor(scene_image(9, 77, 131))
+    assert pred.tasks == ["objects", "semantic", "coarse", "depth"] and "coarse" in pred
+    assert pred.types == {"objects": "detection", "semantic": "segmentation", "coarse": "segmentation",
+                          "depth": "depth"}
+    for name, classes in (("semantic", 4), ("coarse", 2)):
+        ids = pred[name]["semantic"]
+        assert ids.shape == (77, 131) and ids.dtype == np.uint8 and ids.max() < classes
+    assert pred["coarse"]["semantic_names"] == ["road", "car"]
+    # A field of the one task that has it; None when no task has it; an error naming both when two have it.
+    assert pred.boxes is pred["objects"]["boxes"] and len(pred.boxes) == len(pred.scores) == len(pred.labels) > 0
+    assert set(pred.class_names) <= {"red", "blue"} and pred.depth is pred["depth"]["depth"]
+    for field in ("semantic", "semantic_names"):
+        with pytest.raises(AttributeError, match="semantic, coarse.*pred\\['semantic'\\]"):
+            getattr(pred, field)
+    with pytest.raises(AttributeError, match="no attribute 'boxs'"):
+        pred.boxs
+    with pytest.raises(KeyError, match="objects, semantic, coarse, depth"):
+        pred["drivable"]
+    # The record is keyed by task name; a Prediction pickles (nothing but plain data in it).
+    record = json.loads(json.dumps(pred.to_record()))
+    assert list(record["tasks"]) == pred.tasks and record["tasks"]["coarse"]["type"] == "segmentation"
+    assert len(record["tasks"]["objects"]["detections"]) == len(pred.boxes) == len(pred.detections_coco())
+    assert pred.detections_coco(category_offset=1)[0]["category_id"] == int(pred.labels[0]) + 1
+    again = pickle.loads(pickle.dumps(pred))
+    np.testing.assert_array_equal(again["coarse"]["semantic"], pred["coarse"]["semantic"])
+    # Running two of the tasks (by name, any order): the network's order, and the others' fields are None.
+    two = Predictor.from_checkpoint(path, device="cpu", tasks=["coarse", "objects"])
+    assert list(two.model.heads) == ["objects", "coarse"]
+    small = two(scene_image(9, 77, 131))
+    assert small.tasks == ["objects", "coarse"] and small.depth is None
+    assert small.semantic is small["coarse"]["semantic"]      # one segmentation task now: no ambiguity
+    np.testing.assert_array_equal(small.semantic, pred["coarse"]["semantic"])
+    with pytest.raises(ValueError, match="'segmentation'.*objects, semantic, coarse, depth"):
+        Predictor.from_checkpoint(path, device="cpu", tasks=["segmentation"])
+
+
+def test_thresholds_are_call_arguments_not_head_attributes():
+    model = tiny_model(tiny_config())
+    head = model.heads["detection"]
+    image = scene_image(10, 64, 96)
+    default = Predictor(model, (64, 96), device="cpu")(image)
+    strict = Predictor(model, (64, 96), device="cpu", score_thresh=0.6)(image)
+    assert head.score_thresh == 0.2                        # the network is left as it was trained
+    assert 0 < len(strict.boxes) < len(default.boxes) and strict.scores.min() > 0.6
+    via_options = Predictor(model, (64, 96), device="cpu", options={"detection": {"score_thresh": 0.6}})(image)
+    np.testing.assert_array_equal(via_options.boxes, strict.boxes)
+    np.testing.assert_array_equal(Predictor(model, (64, 96), device="cpu")(image).boxes, default.boxes)
+    with pytest.raises(ValueError, match="nms_iou.*score_thresh"):
+        Predictor(model, (64, 96), device="cpu", options={"detection": {"nms_iou": 0.5}})
+    with pytest.raises(ValueError, match="'objects' does not run"):
+        Predictor(model, (64, 96), device="cpu", options={"objects": {"score_thresh": 0.5}})
+    # A threshold given to a network without a task that takes it changes nothing.
+    depth_only = tiny_model(tiny_config(["depth"]))
+    assert Predictor(depth_only, (64, 96), device="cpu", score_thresh=0.5)(image).tasks == ["depth"]
+
+
+def test_class_names_fall_back_to_class_i_and_ids_widen_above_256_classes():
+    cfg = tiny_config({"wide": {"type": "segmentation", "num_classes": 257, "channels": 8},
+                       "narrow": {"type": "segmentation", "num_classes": 256, "channels": 8},
+                       "objects": {"type": "detection", "num_classes": 3, "num_convs": 1}})
+    model = tiny_model(cfg)
+    pred = Predictor(model, (64, 96), device="cpu")(scene_image(11, 40, 60))
+    assert pred["wide"]["semantic"].dtype == np.int32 and pred["narrow"]["semantic"].dtype == np.uint8
+    assert pred["wide"]["semantic_names"][256] == "class_256"
+    assert len(pred.boxes) > 0 and set(pred.class_names) <= {"class_0", "class_1", "class_2"}
+    named = Predictor(model, (64, 96), device="cpu", class_names={"objects": ["car", "bus", "van"]})
+    assert set(named(scene_image(11, 40, 60)).class_names) <= {"car", "bus", "van"}
+    with pytest.raises(ValueError, match="2 names for num_classes=257"):
+        Predictor(model, (64, 96), device="cpu", class_names={"wide": ["a", "b"]})

@@ -6,11 +6,13 @@
     python tools/export.py --checkpoint runs/demo/best.pt --out runs/demo/model.ts --format torchscript
 
 The ONNX graph takes ``images`` float32 [B, 3, H, W] RGB 0..255 (H, W multiples of 32; batch, height and width
-dynamic) and returns ``detection_boxes``, ``detection_scores``, ``segmentation``, ``depth`` (see
-perception/inference/export.py); thresholding and NMS are the caller's step, with a numpy reference in
-perception/inference/postprocess_numpy.py. The check runs the file with onnxruntime and the network with PyTorch
-on the same image (``--check-image``, or a built-in synthetic street scene), prints the max abs difference of
-every output, and fails (exit 1) above the tolerance.
+dynamic) and returns every exported task's outputs as ``<task>__<output>`` (e.g. ``objects__boxes``,
+``objects__scores``, ``semantic__logits``, ``depth__depth``; see perception/inference/export.py), plus metadata
+(task names, types, class names, settings) to decode them; thresholding and NMS are the caller's step, with a
+numpy reference per task type run by perception/inference/postprocess_numpy.py. ``--tasks`` selects tasks by name.
+The check runs the file with onnxruntime and the network with PyTorch on the same image (``--check-image``, or a
+built-in synthetic street scene), prints the max abs difference of every output, and fails (exit 1) above the
+tolerance.
 """
 import argparse
 import sys
@@ -26,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train.py")
     parser.add_argument("--out", required=True, help="the .onnx (or TorchScript .ts/.pt) file to write")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    parser.add_argument("--tasks", nargs="+", default=None, help="heads to export (default: all)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="names of the tasks to export (default: all)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="example and check size (default: the run's data.image_size)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from perception.engine.checkpoint import CheckpointError
+    from perception.utils.checkpoint import CheckpointError
     from perception.inference.export import ExportModule, compare_with_torch, export_onnx, export_torchscript
     from perception.inference.loading import load_model
 
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    size = tuple(args.image_size or loaded.config.data.image_size)
+    size = tuple(args.image_size or loaded.image_size)
     size = (-(-size[0] // 32) * 32, -(-size[1] // 32) * 32)
     images = check_image(args.check_image, size)
     reference = ExportModule(loaded.model, loaded.tasks)
@@ -86,12 +88,13 @@ def main(argv=None) -> int:
         diffs = compare_with_torch(result.path, loaded.model, images, loaded.tasks)
         print(f"ONNX (opset {args.opset}, {result.exporter} exporter, "
               f"{'static' if args.static else 'dynamic batch/height/width'}) -> {result.path}")
+        print("  tasks: " + ", ".join(f"{name} ({spec['type']})" for name, spec in result.metadata["tasks"].items()))
     failed = False
     for name, diff in diffs.items():
         magnitude = max(1.0, float(expected[name].abs().max()))
         ok = diff <= args.atol * magnitude
         failed |= not ok
-        print(f"  {name:17s} {tuple(expected[name].shape)}  max abs diff {diff:.3g}  {'ok' if ok else 'FAIL'}")
+        print(f"  {name:24s} {tuple(expected[name].shape)}  max abs diff {diff:.3g}  {'ok' if ok else 'FAIL'}")
     if failed:
         print(f"error: outputs differ from PyTorch by more than {args.atol} x magnitude", file=sys.stderr)
         return 1

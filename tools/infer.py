@@ -5,10 +5,11 @@
     python tools/infer.py --checkpoint runs/demo/best.pt --source "images/*.jpg" --out runs/infer --raw
     python tools/infer.py --checkpoint runs/demo/best.pt --source drive.mp4 --out runs/infer --layout tile
     python tools/infer.py --checkpoint runs/demo/best.pt --source 0 --out runs/cam --max-frames 300
+    python tools/infer.py --checkpoint runs/drive/best.pt --source drive.mp4 --out runs/infer --tasks objects drivable
 
-Writes predictions.jsonl (one line per image or frame), the pictures (vis/*.jpg) or the annotated video
-(<name>_pred.mp4, same frame rate), raw maps with --raw (raw/*_semantic.png ids, raw/*_depth.png 16-bit mm) and
-summary.json. See docs/inference.md.
+Writes predictions.jsonl (one line per image or frame), the pictures (vis/*.jpg, one panel per task) or the
+annotated video (<name>_pred.mp4, same frame rate), raw maps with --raw (raw/<task>/<name>.png: class ids, depth
+in 16-bit mm) and summary.json. See docs/inference.md.
 """
 import argparse
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perception.engine.checkpoint import CheckpointError  # noqa: E402
+from perception.utils.checkpoint import CheckpointError  # noqa: E402
 from perception.inference.images import ImageReadError  # noqa: E402
 from perception.inference.sources import SourceError, open_source  # noqa: E402
 from perception.inference.visualize import LAYOUTS  # noqa: E402
@@ -28,18 +29,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", required=True,
                         help="an image, a folder, a glob (quote it), a video file or a camera index")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tasks", nargs="+", default=None, help="heads to run (default: all in the checkpoint)")
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help="names of the tasks to run (default: all in the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--half", action="store_true", help="autocast: float16 on CUDA, bfloat16 on the CPU")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="network input size (default: the run's data.image_size)")
     parser.add_argument("--batch-size", type=int, default=1, help="frames per network call")
-    parser.add_argument("--score-thresh", type=float, default=None, help="detection score threshold")
+    parser.add_argument("--score-thresh", type=float, default=None,
+                        help="score threshold of every task that has one (detection)")
     parser.add_argument("--layout", choices=LAYOUTS, default="side", help="how the panels are arranged")
-    parser.add_argument("--raw", action="store_true", help="also write semantic ids and 16-bit depth PNGs")
+    parser.add_argument("--raw", action="store_true",
+                        help="also write each task's raw map as PNG (class ids, 16-bit depth in mm)")
     parser.add_argument("--no-vis", action="store_true", help="write no pictures or video, only predictions")
-    parser.add_argument("--depth-range", type=float, nargs=2, metavar=("NEAR", "FAR"), default=None,
-                        help="fixed depth colour range in metres (default: per image; a video's first frame)")
+    parser.add_argument("--value-range", "--depth-range", dest="value_range", type=float, nargs=2,
+                        metavar=("NEAR", "FAR"), default=None,
+                        help="fixed colour range of value maps, e.g. depth in metres (default: per image; a "
+                             "video's first frame)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--no-ema", action="store_true", help="load the raw weights even if EMA weights exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
                                               prefer_ema=not args.no_ema, score_thresh=args.score_thresh)
         summary = run_inference(predictor, source, args.out, layout=args.layout, raw=args.raw,
                                 batch_size=args.batch_size, visualize=not args.no_vis,
-                                depth_value_range=tuple(args.depth_range) if args.depth_range else None,
+                                value_range=tuple(args.value_range) if args.value_range else None,
                                 progress=not args.quiet, max_frames=args.max_frames)
     except (SourceError, ImageReadError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

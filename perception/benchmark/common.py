@@ -11,12 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from perception.utils.device import resolve_device  # noqa: F401  (the benchmarks' import)
 
 
 def synchronize(device: torch.device) -> None:

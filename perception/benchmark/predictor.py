@@ -1,13 +1,14 @@
-"""The predictor end to end (pre + forward + post, numpy in and out): the multi-task predictor against the three
-single-task predictors a user would otherwise run, same backbone, input size and batch.
+"""The predictor end to end (pre + forward + post, numpy in and out): the multi-task predictor against the
+single-task predictors a user would otherwise run (one per task), same backbone, input size and batch.
 
     python tools/benchmark.py predictor --backbones resnet18 --sizes 512x1024 256x512 --batches 1 4
 
 Each image is a synthetic street scene of the network size (``--image-size`` for camera frames of another size,
 which adds the resize); weights are random (``--checkpoint`` for a trained network, whose single-task
-baselines are its own heads run alone). A random detection head scores every location below the default
-threshold, which would make its post-processing free: ``--score-thresh`` (default 0.05) lets candidates through so
-that top-k and NMS are part of the cost.
+baselines are its own heads run alone; otherwise the default ``model.tasks``). A random detection head scores
+every location below the default threshold, which would make its post-processing free: ``--score-thresh``
+(default 0.05, given to every task that has a score threshold) lets candidates through so that top-k and NMS are
+part of the cost.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
-from perception.models.config import TASKS, ModelConfig
+from perception.benchmark.model import default_tasks
+from perception.models.config import ModelConfig
 from perception.utils.configurable import from_dict
 
 
@@ -51,7 +53,7 @@ def _predictor(backbone: str, tasks, size, device, amp: bool, score_thresh: floa
     if checkpoint:
         return Predictor.from_checkpoint(checkpoint, device=device, tasks=tasks, half=amp, image_size=size,
                                          score_thresh=score_thresh)
-    cfg = from_dict(ModelConfig, {"tasks": list(tasks), "backbone": {"name": backbone}})
+    cfg = from_dict(ModelConfig, {"tasks": {t: default_tasks()[t] for t in tasks}, "backbone": {"name": backbone}})
     torch.manual_seed(0)
     return Predictor(build_model(cfg), size, device=device, half=amp, score_thresh=score_thresh)
 
@@ -67,7 +69,8 @@ def _scene(size: tuple[int, int]) -> np.ndarray:
 
 
 def measure(backbone: str, size, batch: int, image: np.ndarray, device: torch.device, args) -> dict:
-    """Per-image latency of the multi-task predictor and of the three single-task ones, with their ratio."""
+    """Per-image latency of the multi-task predictor and of one single-task predictor per task, with their
+    ratio."""
     images = [image] * batch
     row = {"backbone": backbone, "size": f"{size[0]}x{size[1]}", "batch": batch}
 
@@ -76,7 +79,7 @@ def measure(backbone: str, size, batch: int, image: np.ndarray, device: torch.de
         parts = predictor.predict_batch(images)[0].timings
         return stats["median_ms"] / batch, parts
 
-    tasks = list(TASKS)
+    tasks = list(default_tasks())
     multi = _predictor(backbone, tasks, size, device, args.amp, args.score_thresh, args.checkpoint)
     row["multi_ms"], parts = timed(multi)
     row.update({f"multi_{k}_ms": parts[k] for k in ("pre", "forward", "post")})
@@ -88,7 +91,7 @@ def measure(backbone: str, size, batch: int, image: np.ndarray, device: torch.de
         row[f"{task}_ms"], _ = timed(single)
         total += row[f"{task}_ms"]
         del single
-    row["three_single_ms"] = total
+    row["single_total_ms"] = total
     row["ratio"] = row["multi_ms"] / total
     return row
 
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"predictor end to end (pre + forward + post), ms per image, {device}, amp={args.amp}, "
           f"median of {args.repeats}; ratio = multi-task / sum of the three single-task predictors")
     print_table(rows, ["backbone", "size", "batch", "multi_ms", "multi_pre_ms", "multi_forward_ms", "multi_post_ms",
-                       "detection_ms", "segmentation_ms", "depth_ms", "three_single_ms", "ratio",
+                       *(f"{task}_ms" for task in default_tasks()), "single_total_ms", "ratio",
                        "multi_img_per_s"])
     result = {"benchmark": "predictor", "machine": machine_info(device),
               "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}

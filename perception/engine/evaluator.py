@@ -188,21 +188,12 @@ def evaluate(cfg, checkpoint: str | os.PathLike, baselines: Sequence[str | os.Pa
     Returns:
         the metrics (the stable keys of the design, per-class values and ``delta_m`` when baselines are given).
     """
-    from perception.config import config_from_dict
-    from perception.engine.checkpoint import CheckpointError, load_checkpoint
+    from perception.inference.loading import load_model
     from perception.utils.distributed import init_distributed
-    from perception.models import build_model
 
     ctx = init_distributed(cfg.train.device)
-    state = load_checkpoint(checkpoint, map_location=ctx.device)
-    model_cfg = config_from_dict(state["config"]).model
-    model = build_model(model_cfg)
-    weights = state["ema"] if prefer_ema and isinstance(state.get("ema"), dict) and state["ema"] else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r}: its weights do not fit the network of its own "
-                              f"config: {str(err).splitlines()[0]}") from None
+    loaded = load_model(checkpoint, prefer_ema=prefer_ema)  # the toolkit's one checkpoint -> network loader
+    model = loaded.model
     model = model.to(ctx.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -213,7 +204,7 @@ def evaluate(cfg, checkpoint: str | os.PathLike, baselines: Sequence[str | os.Pa
     metrics, _ = evaluate_model(model, loader, cfg.eval, ctx.device, cfg.train.amp, cfg.train.channels_last)
     metrics = add_delta_m(metrics, [*cfg.eval.baselines, *baselines],
                           delta_m_metrics(cfg.eval, model.task_specs))
-    metrics["step"] = int(state.get("step", 0))
+    metrics["step"] = int(loaded.step or 0)
     if ctx.is_main:
         write_metrics(metrics, output or Path(checkpoint).with_name("metrics.json"))
     return metrics

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from perception.engine.overlays import overlay_panel
+from perception.ops.draw import render_overlay
 
 
 class Monitor:
@@ -65,7 +65,15 @@ class Monitor:
 
     def evaluation(self, step: int, metrics: Mapping[str, float], overlays: Sequence[tuple[Tensor, dict]] = (),
                    tasks: Mapping[str, Any] | None = None) -> None:
-        """Record an evaluation: scalars, overlays and a log line."""
+        """Record an evaluation: scalars, overlays and a log line.
+
+        Args:
+            step: the optimizer step.
+            metrics: flat ``<task>/<metric>`` values.
+            overlays: (image Tensor[3, H, W] uint8 RGB, {task name: its prediction at the network input size}),
+                drawn as tools/infer.py draws (one visualiser: same colours for the same prediction).
+            tasks: task name -> :class:`perception.tasks.Task` (needed with overlays).
+        """
         if not self.enabled:
             return
         if self.writer is not None:
@@ -73,8 +81,8 @@ class Monitor:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"val/{key}", value, step)
             for i, (image, prediction) in enumerate(overlays):
-                self.writer.add_image(f"val/overlay_{i}", overlay_panel(image, prediction, tasks or {}),
-                                      step)
+                self.writer.add_image(f"val/overlay_{i}", render_overlay(image, prediction, tasks or {}), step,
+                                      dataformats="HWC")
             self.writer.flush()
         self._log({"step": step, "eval": dict(metrics)})
 

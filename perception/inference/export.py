@@ -1,31 +1,49 @@
-"""ONNX export of the network with one named output per head, and its check against PyTorch with onnxruntime.
+"""ONNX export of the network with named outputs per task, the metadata to decode them, and the check against
+PyTorch with onnxruntime.
 
 The graph takes ``images`` (float32 [B, 3, H, W], RGB 0..255, H and W multiples of 32; the network normalises
-inside) and returns, for the tasks exported:
+inside) and returns, for every task exported, the outputs of its type's ``Task.export_outputs``, named
+``<task>__<output>``; for the shipped types:
 
-- ``detection_boxes`` [B, A, 4]: the box of every location (xyxy, network pixels), levels P3..P7 concatenated;
-- ``detection_scores`` [B, A, C]: sqrt(sigmoid(class logit) * sigmoid(centerness));
-- ``segmentation`` [B, K, H/4, W/4]: class logits;
-- ``depth`` [B, 1, H/4, W/4]: metres.
+- a detection task ``objects``: ``objects__boxes`` [B, A, 4] (the box of every location, xyxy network pixels,
+  levels P3..P7 concatenated) and ``objects__scores`` [B, A, C] (sqrt(sigmoid(class logit) *
+  sigmoid(centerness)));
+- a segmentation task ``semantic``: ``semantic__logits`` [B, K, H/4, W/4];
+- a depth task ``depth``: ``depth__depth`` [B, 1, H/4, W/4], metres.
 
-Thresholding, top-k and NMS stay outside the graph (their output size depends on the data): the caller runs
-:func:`perception.inference.postprocess_numpy.postprocess_numpy`, a numpy reference that matches torchvision.
-The batch, height and width axes are dynamic. The exporter tried first is ``torch.onnx.export(dynamo=True)``
-(torch.export); the TorchScript-based exporter is the fallback.
+Thresholding, top-k and NMS stay outside the graph (their output size depends on the data): each type's
+``Task.decode_numpy`` is the numpy reference (:func:`perception.inference.postprocess_numpy.postprocess_numpy`
+runs them all). The file carries what a caller needs to rebuild the tasks and decode without this package's
+checkpoint: the metadata entry ``perception`` (JSON: every task's name, type, label and settings, class names
+included; the output names of each task; what the decode needs of the built heads; the network size),
+read back by :func:`read_metadata`. The batch, height and width axes are dynamic. The exporter tried first is
+``torch.onnx.export(dynamo=True)`` (torch.export); the TorchScript-based exporter is the fallback.
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perception.ops.boxes import ltrb_to_boxes
+from perception.inference.loading import select_tasks
+from perception.tasks import Task, build_tasks, tasks_to_spec
+
+METADATA_KEY = "perception"
+METADATA_FORMAT = 1
+SEPARATOR = "__"  # between the task name and its output's name (task names are identifiers without "__")
+
+
+def output_name(task: str, output: str) -> str:
+    """The graph's name of output ``output`` of task ``task``."""
+    return f"{task}{SEPARATOR}{output}"
 
 
 class ExportModule(nn.Module):
@@ -33,48 +51,50 @@ class ExportModule(nn.Module):
 
     Args:
         model: a MultiTaskModel.
-        tasks: the heads to export (default: all of the model's), in the model's order.
+        tasks: the names of the tasks to export (default: all of the model's), in the model's order.
     """
 
     def __init__(self, model: nn.Module, tasks: Sequence[str] | None = None) -> None:
         super().__init__()
         self.model = model.eval()
-        self.tasks = [t for t in model.tasks if tasks is None or t in tasks]
-        if not self.tasks:
-            raise ValueError(f"tasks: got {list(tasks or [])}, none of which the model has ({model.tasks})")
+        specs: dict[str, Task] = dict(model.task_specs)
+        names = list(specs) if tasks is None else select_tasks(tasks, list(specs), "this model")
+        self.tasks: dict[str, Task] = {name: specs[name] for name in names}
+        device = next(model.parameters()).device
+        with torch.no_grad():  # the output names of each task, from one tiny forward pass
+            probe = self._task_outputs(torch.zeros(1, 3, 64, 64, device=device))
+        self.outputs: dict[str, list[str]] = {name: list(outs) for name, outs in probe.items()}
 
     @property
     def output_names(self) -> list[str]:
-        names = []
-        for task in self.tasks:
-            names += ["detection_boxes", "detection_scores"] if task == "detection" else [task]
-        return names
+        return [output_name(task, out) for task, outs in self.outputs.items() for out in outs]
+
+    def _task_outputs(self, images: Tensor) -> dict[str, dict[str, Tensor]]:
+        outputs = self.model(images, tasks=list(self.tasks))
+        return {name: task.export_outputs(self.model.heads[name], outputs[name]) for name, task in self.tasks.items()}
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        outputs = self.model(images, tasks=self.tasks)
-        results = []
-        for task in self.tasks:
-            out = outputs[task]
-            if task == "detection":
-                results.append(ltrb_to_boxes(out["points"].unsqueeze(0), out["box_regression"]))
-                results.append(torch.sqrt(torch.sigmoid(out["cls_logits"])
-                                          * torch.sigmoid(out["centerness"]).unsqueeze(-1)))
-            elif task == "segmentation":
-                results.append(out)
-            else:
-                head = self.model.heads["depth"]
-                results.append(torch.exp(head.log_depth(out)).clamp(head.min_depth, head.max_depth))
-        return tuple(results)
+        outputs = self._task_outputs(images)
+        return tuple(outputs[task][out] for task, outs in self.outputs.items() for out in outs)
+
+    def metadata(self, image_size: Sequence[int]) -> dict[str, Any]:
+        """What :func:`read_metadata` gives back: enough to rebuild the tasks and decode every output."""
+        return {"format": METADATA_FORMAT, "input": "images", "image_size": [int(s) for s in image_size],
+                "size_divisor": 32, "tasks": tasks_to_spec(self.tasks),
+                "outputs": {name: [output_name(name, o) for o in outs] for name, outs in self.outputs.items()},
+                "decode": {name: task.export_metadata(self.model.heads[name]) for name, task in self.tasks.items()}}
 
 
 @dataclass
 class ExportResult:
-    """What :func:`export_onnx` produced: the file, the exporter that worked and the output names."""
+    """What :func:`export_onnx` produced: the file, the exporter that worked, the output names and the metadata
+    written into the file."""
 
     path: Path
     exporter: str
     output_names: list[str]
     dynamic: bool
+    metadata: dict[str, Any]
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[int] = (512, 1024),
@@ -86,7 +106,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
         model: a MultiTaskModel (on the CPU).
         path: the ``.onnx`` file to write.
         image_size: (H, W) of the example input (multiples of 32).
-        tasks: the heads to export (default all).
+        tasks: the names of the tasks to export (default all).
         opset: ONNX opset (>= 17).
         dynamic: dynamic batch, height and width axes.
         exporter: ``dynamo`` (torch.export), ``torchscript``, or ``auto`` (dynamo, then torchscript).
@@ -108,10 +128,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
     path.parent.mkdir(parents=True, exist_ok=True)
     names = module.output_names
     errors = []
+    metadata = module.metadata((height, width))
     for name in (["dynamo", "torchscript"] if exporter == "auto" else [exporter]):
         try:
             _export(module, example, path, names, opset, dynamic, name)
-            return ExportResult(path, name, names, dynamic)
+            write_metadata(path, metadata)
+            return ExportResult(path, name, names, dynamic, metadata)
         except Exception as err:  # the exporters raise many types; the next one may still work
             errors.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     raise RuntimeError("ONNX export failed: " + " | ".join(errors))
@@ -141,6 +163,43 @@ def _export(module: nn.Module, example: Tensor, path: Path, names: list[str], op
                               opset_version=opset, dynamic_axes=axes, dynamo=False)
 
 
+def write_metadata(path: str | os.PathLike, metadata: Mapping[str, Any]) -> None:
+    """Store ``metadata`` (JSON) in the ONNX file's ``metadata_props`` under ``perception``."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for prop in list(graph.metadata_props):
+        if prop.key == METADATA_KEY:
+            graph.metadata_props.remove(prop)
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(graph, str(path))
+
+
+def read_metadata(source: Any) -> dict[str, Any]:
+    """The metadata :func:`export_onnx` wrote, from a path or an onnxruntime ``InferenceSession``.
+
+    Raises:
+        ValueError: the file has no such metadata (not exported by this toolkit), naming it.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = onnx_session(source)
+    props = source.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ValueError(f"ONNX file: no {METADATA_KEY!r} metadata; export it with tools/export.py (or "
+                         "perception.inference.export.export_onnx) to decode its outputs")
+    metadata = json.loads(props[METADATA_KEY])
+    if metadata.get("format", 0) > METADATA_FORMAT:
+        raise ValueError(f"ONNX file: metadata format {metadata.get('format')} is newer than this toolkit reads "
+                         f"({METADATA_FORMAT}); upgrade perception")
+    return metadata
+
+
+def tasks_from_metadata(metadata: Mapping[str, Any]) -> dict[str, Task]:
+    """The task instances of an exported file (names, types, labels, settings, class names)."""
+    return build_tasks(metadata["tasks"])
+
+
 def onnx_session(path: str | os.PathLike):
     """An onnxruntime CPU session of an exported file."""
     import onnxruntime as ort
@@ -155,7 +214,10 @@ def compare_with_torch(path: str | os.PathLike, model: nn.Module, images: np.nda
     """Run the ONNX file with onnxruntime and the network with PyTorch on the same batch.
 
     Args:
+        path: the exported file.
+        model: the network it was exported from.
         images (ndarray[B, 3, H, W]): float32 RGB 0..255 (H, W multiples of 32).
+        tasks: the task names that were exported (default all).
 
     Returns:
         output name -> max abs difference.

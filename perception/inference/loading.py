@@ -1,10 +1,11 @@
 """Rebuild a trained network from one of the toolkit's checkpoints, with only the heads that are asked for.
 
-The checkpoint is read by :func:`perception.engine.checkpoint.load_checkpoint`, which loads with
+The checkpoint is read by :func:`perception.utils.checkpoint.load_checkpoint`, which loads with
 ``weights_only=True``: no pickled code runs; foreign, truncated or malicious files raise ``CheckpointError``.
-The network is rebuilt from the config stored in it. Weights: ``state["ema"]`` (the exponential moving average
-of the weights, a model state dict, possibly wrapped as ``module.*`` by timm's ``ModelEmaV3``) when present and
-``prefer_ema``; otherwise ``state["model"]``.
+The network is rebuilt from the ``model`` section of the config stored in it (only that section: a run's other
+settings, such as a dataset's paths, need not be valid where the network is used). Weights: ``state["ema"]`` (the
+exponential moving average of the weights, a model state dict, possibly wrapped as ``module.*`` by timm's
+``ModelEmaV3``) when present and ``prefer_ema``; otherwise ``state["model"]``.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from perception.config import Config, config_from_dict
-from perception.engine.checkpoint import CheckpointError, load_checkpoint
-from perception.models import build_model
-from perception.models.config import check_tasks
+from perception.models import ModelConfig, build_model
+from perception.utils.checkpoint import CheckpointError, load_checkpoint
+from perception.utils.configurable import from_dict
+# The device resolver lives in perception.utils.device; importable from here as it always was.
+from perception.utils.device import resolve_device  # noqa: F401
 
 # Prefixes that wrappers put in front of state-dict keys: DDP / EMA ("module."), torch.compile ("_orig_mod.").
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -31,14 +32,18 @@ class LoadedModel:
 
     Attributes:
         model: the network in eval mode, on the CPU, with the heads of ``tasks`` only.
-        config: the run's full config.
-        tasks: the heads that run.
+        config: the run's full config, as stored (plain data).
+        model_config: its ``model`` section, typed (the whole network's: every task the run trained).
+        image_size: the run's ``data.image_size`` (H, W), the network size it was trained for.
+        tasks: the names of the tasks whose heads run, in the network's order.
         weights: which weights were loaded: ``ema`` or ``model``.
         step: the training step the checkpoint was written at (``None`` when it does not say).
     """
 
     model: nn.Module
-    config: Config
+    config: dict
+    model_config: ModelConfig
+    image_size: tuple[int, int]
     tasks: list[str]
     weights: str
     step: int | None
@@ -101,9 +106,15 @@ def load_model(path: str | os.PathLike, tasks: Sequence[str] | None = None, pref
                ) -> LoadedModel:
     """Rebuild the network stored in a checkpoint, with the heads of ``tasks`` only (all by default).
 
-    With the default ``hard`` sharing, the network is built with those heads alone (detection's P6/P7 are not
-    built when detection is not asked for); other sharing modes mix the tasks' trunks, so the whole network is
-    built and only the asked-for heads run.
+    With the default ``hard`` sharing, the network is built with those heads alone (the P6/P7 levels are not
+    built when no task that reads them is asked for); other sharing modes mix the tasks' trunks, so the whole
+    network is built and only the asked-for heads run. This is the one loader of the toolkit: the predictor,
+    tools/export.py and evaluation (``perception.engine.evaluator.evaluate``) all use it.
+
+    Args:
+        path: the checkpoint.
+        tasks: task names (``model.tasks`` of the run; a list-form config names its tasks after their types).
+        prefer_ema: load the EMA weights when the checkpoint has them.
 
     Raises:
         FileNotFoundError, CheckpointError: the file is missing, not one of ours, truncated, refused (pickled
@@ -111,40 +122,46 @@ def load_model(path: str | os.PathLike, tasks: Sequence[str] | None = None, pref
         ValueError: ``tasks`` names a task the checkpoint's network does not have.
     """
     state = load_checkpoint(path)
+    raw = state.get("config")
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = from_dict(ModelConfig, dict(raw.get("model") or {}), prefix="model.")
+        trained = cfg.task_names
+        image_size = tuple(int(v) for v in (raw.get("data") or {}).get("image_size", ()))
+        if len(image_size) != 2:
+            raise ValueError(f"data.image_size: got {image_size}, expected (H, W)")
     except Exception as err:  # ConfigError, ValueError, TypeError: a config this version cannot read
         raise CheckpointError(f"checkpoint {str(path)!r}: its config is not valid for this version of perception "
                               f"({err})") from None
-    trained = list(cfg.model.tasks)
-    tasks = trained if tasks is None else check_tasks(tasks)
-    for task in tasks:
-        if task not in trained:
-            raise ValueError(f"task {task!r}: checkpoint {str(path)!r} was trained for {', '.join(trained)} only")
-    tasks = [t for t in trained if t in tasks]  # the network's own order
+    wanted = trained if tasks is None else select_tasks(tasks, trained, f"checkpoint {str(path)!r}")
 
-    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg = copy.deepcopy(cfg)
     model_cfg.backbone.pretrained = False  # every weight comes from the checkpoint: no download, no file
-    subset = getattr(model_cfg, "sharing", "hard") == "hard" and tasks != trained
+    subset = getattr(model_cfg, "sharing", "hard") == "hard" and wanted != trained
     if subset:
-        model_cfg.tasks = list(tasks)
+        spec = model_cfg.tasks
+        model_cfg.tasks = {n: spec[n] for n in wanted} if isinstance(spec, Mapping) else list(wanted)
     model = build_model(model_cfg)
     weights, which = select_weights(state, prefer_ema)
     load_weights(model, weights, f"checkpoint {str(path)!r} ({which} weights)", partial=subset)
     step = state.get("step")
-    return LoadedModel(model.eval(), cfg, tasks, which, int(step) if isinstance(step, (int, Tensor)) else None)
+    return LoadedModel(model.eval(), dict(raw), cfg, image_size, wanted, which,
+                       int(step) if isinstance(step, (int, Tensor)) else None)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU; anything else as given (checked)."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu or auto")
-    return dev
+def select_tasks(tasks: Sequence[str], available: Sequence[str], where: str = "the model") -> list[str]:
+    """``tasks`` checked against the ``available`` task names, in ``available``'s order.
+
+    Raises:
+        ValueError: an empty selection, a repeated name, or a name ``where`` does not have.
+    """
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError(f"tasks: got an empty list, expected some of {', '.join(available)}")
+    for task in tasks:
+        if task not in available:
+            raise ValueError(f"task {task!r}: {where} has the tasks {', '.join(available)} only")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks: got {tasks}, each task may appear once")
+    return [t for t in available if t in tasks]

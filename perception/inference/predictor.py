@@ -1,10 +1,15 @@
 """The Python API: a trained network as a callable that takes images and returns plain numpy predictions.
 
-    predictor = Predictor.from_checkpoint("runs/demo/best.pt")            # device="auto", all heads
+    predictor = Predictor.from_checkpoint("runs/demo/best.pt")            # device="auto", all tasks
     pred = predictor("street.jpg")                                       # a path, or an RGB array
-    pred.boxes, pred.class_names, pred.semantic, pred.depth             # at the image's own size
+    pred.tasks, pred["objects"]["boxes"]                                 # per task, at the image's own size
+    pred.boxes, pred.class_names, pred.semantic, pred.depth             # a field of the one task that has it
     for pred in predictor.stream(frames, batch_size=4, bgr=True):        # e.g. OpenCV video frames
         ...
+
+Post-processing is each task's own (``Task.predict``: e.g. boxes found at the network input and scaled back,
+dense maps resized from the stride-4 grid to the original pixels and decoded there); thresholds such as
+``score_thresh`` are arguments of that call, never attributes set on the network.
 
 Each image is resized to fit the network size (aspect ratio kept) and padded to a multiple of 32; predictions
 are mapped back to the image's own pixels (see :mod:`perception.ops.geometry`). Images go through the
@@ -22,19 +27,19 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perception.ops.geometry import Letterbox, boxes_to_original, dense_to_original, fit_letterbox, \
-    resize_image
 from perception.inference.images import as_hwc3, read_image
-from perception.inference.loading import load_model, resolve_device
+from perception.inference.loading import load_model, select_tasks
 from perception.inference.prediction import Prediction
-from perception.models.config import check_tasks
+from perception.ops.geometry import Letterbox, fit_letterbox, resize_image
+from perception.tasks import Task, replace_settings
+from perception.utils.device import resolve_device
 
 
 @dataclass
@@ -57,66 +62,85 @@ class Predictor:
     """Runs a multi-task network on images and returns a :class:`Prediction` per image.
 
     Args:
-        model: a :class:`~perception.models.MultiTaskModel` (or anything with its ``forward``/``postprocess``).
+        model: a :class:`~perception.models.MultiTaskModel` (anything with its ``forward(images, tasks)``,
+            ``heads`` and ``task_specs``: task name -> :class:`perception.tasks.Task`).
         image_size: (H, W) the images are fitted into (aspect ratio kept; padded to a multiple of 32).
-        tasks: the heads to run (default: all of the model's). Only their post-processing runs too.
-        detection_classes: names of the detection classes (default: ``class_<i>``).
-        segmentation_classes: names of the semantic classes (default: ``class_<i>``).
+        tasks: the names of the tasks to run (default: all of the model's). Only their heads and their
+            post-processing run.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         half: run the network under autocast: float16 on CUDA, bfloat16 on the CPU. Post-processing stays
             float32.
-        score_thresh: replace the detection head's score threshold (None: the trained model's).
+        score_thresh: the score threshold of every task that has one (``score_thresh`` in its ``OPTIONS``, e.g.
+            detection; None: the trained model's). Shorthand for ``options``.
+        options: task name -> post-processing options of that task for every call (its ``OPTIONS``), e.g.
+            ``{"objects": {"score_thresh": 0.3}}``.
+        class_names: task name -> class names replacing the model's (e.g. a checkpoint trained without names,
+            whose classes are called ``class_<i>``).
     """
 
     def __init__(self, model: nn.Module, image_size: Sequence[int], tasks: Sequence[str] | None = None,
-                 detection_classes: Sequence[str] | None = None, segmentation_classes: Sequence[str] | None = None,
-                 device: str | torch.device = "auto", half: bool = False, score_thresh: float | None = None) -> None:
+                 device: str | torch.device = "auto", half: bool = False, score_thresh: float | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None,
+                 class_names: Mapping[str, Sequence[str]] | None = None) -> None:
         if len(image_size) != 2 or any(int(s) <= 0 for s in image_size):
             raise ValueError(f"image_size: got {tuple(image_size)}, expected (H, W) with positive ints")
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        model_tasks = list(model.tasks)
-        self.tasks = model_tasks if tasks is None else check_tasks(tasks)
-        for task in self.tasks:
-            if task not in model_tasks:
-                raise ValueError(f"task {task!r} is not in this model; it has {', '.join(model_tasks)}")
-        self.tasks = [t for t in model_tasks if t in self.tasks]
-        heads = getattr(model, "heads", {})
-        self.detection_classes = self._names(detection_classes, heads, "detection")
-        self.segmentation_classes = self._names(segmentation_classes, heads, "segmentation")
-        if score_thresh is not None and "detection" in heads:
-            heads["detection"].score_thresh = float(score_thresh)
+        specs: dict[str, Task] = dict(model.task_specs)
+        names = list(specs) if tasks is None else select_tasks(tasks, list(specs), "this model")
+        self.tasks: dict[str, Task] = {name: specs[name] for name in names}
+        for name, names_of in (class_names or {}).items():
+            if name not in self.tasks:
+                raise ValueError(f"class_names: task {name!r} does not run; running: {', '.join(self.tasks)}")
+            if names_of:  # an empty list (a config without names) keeps the model's, like None
+                task = replace_settings(self.tasks[name], class_names=list(names_of))
+                task.cfg.validate()
+                self.tasks[name] = task
+        self.options = self._options(score_thresh, options)
         self.amp_dtype = (torch.float16 if self.device.type == "cuda" else torch.bfloat16) if half else None
         self._buffers: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _names(names: Sequence[str] | None, heads, task: str) -> list[str]:
-        if names:  # an empty list (a config without names) falls back to class_<i> like None
-            return list(names)
-        if task not in heads:
-            return []
-        return [f"class_{i}" for i in range(heads[task].num_classes)]
+    def _options(self, score_thresh: float | None, options: Mapping[str, Mapping[str, Any]] | None
+                 ) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {name: {} for name in self.tasks}
+        if score_thresh is not None:
+            for name, task in self.tasks.items():
+                if "score_thresh" in task.OPTIONS:
+                    out[name]["score_thresh"] = float(score_thresh)
+        for name, values in (options or {}).items():
+            if name not in self.tasks:
+                raise ValueError(f"options: task {name!r} does not run; running: {', '.join(self.tasks)}")
+            unknown = sorted(set(values) - set(self.tasks[name].OPTIONS))
+            if unknown:
+                raise ValueError(f"options.{name}: {unknown} are not options of a {self.tasks[name].TYPE} task; "
+                                 f"it takes {', '.join(self.tasks[name].OPTIONS) or 'none'}")
+            out[name].update(values)
+        return out
+
+    @property
+    def task_names(self) -> list[str]:
+        """The names of the tasks that run, in the network's order."""
+        return list(self.tasks)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
                         tasks: Sequence[str] | None = None, half: bool = False,
                         image_size: Sequence[int] | None = None, prefer_ema: bool = True,
-                        score_thresh: float | None = None) -> "Predictor":
+                        score_thresh: float | None = None, options: Mapping[str, Mapping[str, Any]] | None = None
+                        ) -> "Predictor":
         """Load a checkpoint written by the trainer (or ``save_checkpoint``) and rebuild its network.
 
         Args:
             path: the checkpoint; read with ``torch.load(..., weights_only=True)``, so no pickled code runs.
-            device, half, score_thresh: as in the constructor.
-            tasks: the heads to build and run (default: all the checkpoint has).
+            device, half, score_thresh, options: as in the constructor.
+            tasks: the names of the tasks to build and run (default: all the checkpoint has).
             image_size: (H, W) network size; default the run's ``data.image_size``.
             prefer_ema: load the checkpoint's ``ema`` weights when it has them.
         """
         loaded = load_model(path, tasks, prefer_ema)
-        cfg = loaded.config
-        return cls(loaded.model, image_size or cfg.data.image_size, loaded.tasks,
-                   cfg.model.detection.class_names, cfg.model.segmentation.class_names, device, half, score_thresh)
+        return cls(loaded.model, image_size or loaded.image_size, loaded.tasks, device, half, score_thresh, options)
 
     # ----------------------------------------------------------------------------------------------- public API
     def __call__(self, image: np.ndarray | str | os.PathLike, bgr: bool = False) -> Prediction:
@@ -205,43 +229,17 @@ class Predictor:
     def _forward(self, images: Tensor) -> dict:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                                     enabled=self.amp_dtype is not None):
-            return self.model(images, tasks=self.tasks)
+            return self.model(images, tasks=list(self.tasks))
 
     @torch.inference_mode()
     def _postprocess(self, outputs: dict, items: Sequence[_Item]) -> list[Prediction]:
-        padded = items[0].letterbox.padded_size
-        detections = self.model.postprocess({"detection": outputs["detection"]}, padded)["detection"] \
-            if "detection" in outputs else None
-        predictions = []
-        for i, item in enumerate(items):
-            box = item.letterbox
-            pred = Prediction(box.height, box.width, meta=item.meta)
-            if detections is not None:
-                det = detections[i]
-                labels = det["labels"].cpu().numpy().astype(np.int64)
-                pred.boxes = boxes_to_original(det["boxes"].float(), box).cpu().numpy()
-                pred.scores = det["scores"].float().cpu().numpy()
-                pred.labels = labels
-                pred.class_names = [self._class_name(self.detection_classes, int(k)) for k in labels]
-            # Dense maps: one bilinear resize from the stride-4 grid to the original pixels, then the head's own
-            # decoding (argmax of the logits; depth from its parameterisation) at that size.
-            dense = {task: dense_to_original(outputs[task][i:i + 1].float(), box)
-                     for task in ("segmentation", "depth") if task in outputs}
-            if dense:
-                decoded = self.model.postprocess(dense, (box.height, box.width))
-                if "segmentation" in decoded:
-                    ids = decoded["segmentation"][0]
-                    dtype = torch.uint8 if len(self.segmentation_classes) <= 256 else torch.int32
-                    pred.semantic = ids.to(dtype).cpu().numpy()
-                    pred.semantic_names = self.segmentation_classes
-                if "depth" in decoded:
-                    pred.depth = decoded["depth"][0].float().cpu().numpy()
-            predictions.append(pred)
-        return predictions
-
-    @staticmethod
-    def _class_name(names: Sequence[str], label: int) -> str:
-        return names[label] if 0 <= label < len(names) else f"class_{label}"
+        letterboxes = [item.letterbox for item in items]
+        per_task = {name: task.predict(self.model.heads[name], outputs[name], letterboxes, **self.options[name])
+                    for name, task in self.tasks.items()}
+        types = {name: task.TYPE for name, task in self.tasks.items()}
+        return [Prediction(item.letterbox.height, item.letterbox.width,
+                           {name: results[i] for name, results in per_task.items()}, dict(types), meta=item.meta)
+                for i, item in enumerate(items)]
 
     def _run(self, items: Sequence[_Item]) -> list[Prediction]:
         with self._lock:

@@ -4,9 +4,9 @@ Written under ``out_dir``:
 
 - ``predictions.jsonl``: one line per image or frame (:meth:`Prediction.to_record`; schema in docs/inference.md);
 - ``vis/<name>.jpg`` per image, or ``<video name>_pred.mp4`` for a video or camera (same frame rate as the
-  source, ``mp4v``), each frame the composed picture (``visualize.render_prediction``);
-- with ``save_raw``: ``raw/<name>_semantic.png`` (class ids, 8-bit, or 16-bit above 255 classes) and
-  ``raw/<name>_depth.png`` (16-bit millimetres, clipped at 65535 = 65.535 m);
+  source, ``mp4v``), each frame the composed picture, one panel per task (``visualize.render_prediction``);
+- with ``raw``: ``raw/<task>/<name>.png`` per task whose type gives a lossless map (``Task.raw_image``: class
+  ids as 8-bit PNG, or 16-bit above 256 classes; depth as 16-bit millimetres, clipped at 65.535 m);
 - ``summary.json``: counts, skipped files with their reasons, mean timings.
 
 Frames are streamed: nothing is kept once written, so memory stays flat on a long video. Ctrl-C stops the run
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from perception.inference.prediction import Prediction
 from perception.inference.predictor import Predictor
 from perception.inference.sources import Frame, ImageSource, VideoSource
-from perception.inference.visualize import class_palette, depth_range, render_prediction
+from perception.inference.visualize import render_prediction
 
 
 @dataclass
@@ -51,14 +52,14 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     data.tofile(str(path))
 
 
-def save_raw(pred: Prediction, raw_dir: Path, name: str) -> None:
-    """The semantic ids as a PNG (uint8, or uint16 above 256 classes) and the depth as a 16-bit PNG in mm."""
-    if pred.semantic is not None:
-        ids = pred.semantic
-        _write_png(raw_dir / f"{name}_semantic.png", ids.astype(np.uint8 if ids.max(initial=0) < 256 else np.uint16))
-    if pred.depth is not None:
-        millimetres = np.clip(np.round(pred.depth * 1000.0), 0, 65535).astype(np.uint16)
-        _write_png(raw_dir / f"{name}_depth.png", millimetres)
+def save_raw(pred: Prediction, raw_dir: Path, name: str, tasks: Mapping[str, Any]) -> None:
+    """``raw/<task>/<name>.png`` for every task of ``pred`` whose type gives a raw map (``Task.raw_image``)."""
+    for task_name, result in pred.results.items():
+        array = tasks[task_name].raw_image(result)
+        if array is not None:
+            folder = raw_dir / task_name
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_png(folder / f"{name}.png", array)
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
@@ -71,8 +72,9 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 def run_inference(predictor: Predictor, source: ImageSource | VideoSource, out_dir: str | os.PathLike,
                   layout: str = "side", raw: bool = False, batch_size: int = 1, visualize: bool = True,
-                  depth_value_range: tuple[float, float] | None = None, progress: bool = True,
-                  max_frames: int | None = None) -> RunSummary:
+                  value_range: tuple[float, float] | None = None, progress: bool = True,
+                  max_frames: int | None = None,
+                  draw_options: Mapping[str, Mapping[str, Any]] | None = None) -> RunSummary:
     """Run ``predictor`` over ``source`` and write the outputs (see the module docstring).
 
     Args:
@@ -80,13 +82,15 @@ def run_inference(predictor: Predictor, source: ImageSource | VideoSource, out_d
         source: from :func:`perception.inference.sources.open_source`.
         out_dir: the output folder (created).
         layout: ``side``, ``stack`` or ``tile`` panels.
-        raw: also write the raw semantic and depth PNGs.
+        raw: also write each task's raw map as PNG (``Task.raw_image``).
         batch_size: frames per network call.
         visualize: write pictures / the annotated video.
-        depth_value_range: fixed (near, far) metres of the depth colours; default per image, and for a video
-            fixed by its first frame so that a colour means the same distance throughout.
+        value_range: fixed (near, far) of the colour maps of value maps (depth in metres); default per image,
+            and for a video fixed by its first frame (``Task.draw_options``) so that a colour means the same
+            value throughout.
         progress: show a progress bar with frames/s.
         max_frames: stop after this many frames (cameras run until Ctrl-C otherwise).
+        draw_options: task name -> options of its ``draw`` (e.g. a palette).
     """
     from tqdm import tqdm
 
@@ -99,7 +103,9 @@ def run_inference(predictor: Predictor, source: ImageSource | VideoSource, out_d
     if visualize and not is_video:
         vis_dir.mkdir(exist_ok=True)
     summary = RunSummary()
-    seg_palette = class_palette(predictor.segmentation_classes) if predictor.segmentation_classes else None
+    tasks = predictor.tasks
+    common = {} if value_range is None else {"value_range": tuple(value_range)}
+    options: dict[str, dict[str, Any]] | None = None  # per task; a video fixes them at its first frame
     writer: cv2.VideoWriter | None = None
     used: set[str] = set()
     pending: dict[int, np.ndarray] = {}  # frame images waiting for their prediction (at most one batch)
@@ -126,14 +132,15 @@ def run_inference(predictor: Predictor, source: ImageSource | VideoSource, out_d
                 name = f"frame_{index:06d}"
             else:
                 name = _unique_name(Path(pred.meta["path"]).stem, used)
-            jsonl.write(json.dumps(pred.to_record()) + "\n")
+            jsonl.write(json.dumps(pred.to_record(tasks)) + "\n")
             if raw:
-                save_raw(pred, raw_dir, name)
+                save_raw(pred, raw_dir, name, tasks)
             if visualize:
-                if is_video and depth_value_range is None and pred.depth is not None:
-                    depth_value_range = depth_range(pred.depth)
-                picture = cv2.cvtColor(render_prediction(image, pred, layout, depth_value_range,
-                                                         segmentation_palette=seg_palette), cv2.COLOR_RGB2BGR)
+                if options is None:
+                    options = {n: {**(tasks[n].draw_options(r) if is_video and not common else {}),
+                                   **(draw_options or {}).get(n, {})} for n, r in pred.results.items()}
+                picture = cv2.cvtColor(render_prediction(image, pred, layout, tasks, options, **common),
+                                       cv2.COLOR_RGB2BGR)
                 if is_video:
                     if writer is None:
                         summary.video = str(out_dir / f"{_video_stem(source)}_pred.mp4")

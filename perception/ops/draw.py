@@ -1,8 +1,10 @@
-"""Drawing primitives shared by every picture of the toolkit: class colours, boxes with captions, a class-map
-overlay, a depth colour map with a scale bar in metres, and a caption on a panel.
+"""The toolkit's one visualiser: class colours, boxes with captions, a class-map overlay, a depth colour map with
+a scale bar in metres, captions, and the layout of one panel per task (side by side, stacked, tiled).
 
-The task types draw their pictures with these (``Task.draw``), and :mod:`perception.inference.visualize` lays the
-panels out, so that tools/infer.py, the demo and TensorBoard show the same colours for the same prediction.
+The task types draw their panels with these primitives (``Task.draw``) and :func:`render_results` lays them out;
+tools/infer.py (:func:`perception.inference.visualize.render_prediction`), the demo and the trainer's TensorBoard
+overlays (:func:`render_overlay`) all go through it, so the same prediction gives the same picture everywhere.
+It lives in ``ops`` because the task types draw with it and may import only ``ops`` and ``utils``.
 
 Every function takes and returns ndarray[H, W, 3] uint8 **RGB** (convert with ``cv2.cvtColor(.., RGB2BGR)``
 before ``cv2.imwrite`` / ``cv2.VideoWriter``).
@@ -14,11 +16,15 @@ fixed, well-spread generic palette.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
+from torch import Tensor
+
+LAYOUTS = ("side", "stack", "tile")
 
 
 def generic_color(index: int) -> tuple[int, int, int]:
@@ -168,3 +174,72 @@ def caption_panel(panel: np.ndarray, text: str) -> np.ndarray:
     cv2.rectangle(out, (0, y1 - th - base - 3), (tw + 4, y1), (0, 0, 0), -1)
     cv2.putText(out, text, (2, y1 - base - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------ layout
+def compose(panels: Sequence[np.ndarray], layout: str = "side") -> np.ndarray:
+    """Same-sized panels side by side (``side``), one under another (``stack``) or two per row (``tile``; an odd
+    last row is filled with black)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: got {layout!r}, expected one of {', '.join(LAYOUTS)}")
+    if layout == "stack":
+        return np.concatenate(panels, axis=0)
+    if layout == "side" or len(panels) == 1:
+        return np.concatenate(panels, axis=1)
+    panels = list(panels) + [np.zeros_like(panels[0])] * (len(panels) % 2)
+    rows = [np.concatenate(panels[i:i + 2], axis=1) for i in range(0, len(panels), 2)]
+    return np.concatenate(rows, axis=0)
+
+
+def render_results(image: np.ndarray, results: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Any],
+                   layout: str = "side", options: Mapping[str, Mapping[str, Any]] | None = None,
+                   captions: bool | None = None, **common: Any) -> np.ndarray:
+    """One panel per task, drawn by the task's own ``draw``, laid out.
+
+    Args:
+        image (ndarray[H, W, 3]): uint8 RGB, at the results' size.
+        results: task name -> that task's numpy result (``Task.to_numpy`` / ``Task.predict``), in panel order.
+        tasks: task name -> :class:`perception.tasks.Task` (anything with ``draw`` and ``TYPE``).
+        layout: ``side``, ``stack`` or ``tile``.
+        options: task name -> options of that task's ``draw`` (e.g. ``{"semantic": {"palette": ...}}``).
+        captions: write each task's name in its panel's corner (default: when two tasks share a type, so that
+            their panels can be told apart).
+        common: options given to every task's ``draw`` (e.g. ``value_range=(1, 80)`` fixes the depth colours);
+            a type ignores those it does not know.
+
+    Returns:
+        ndarray uint8 RGB: the panels (the plain image when there is none); with an odd number of panels (more
+        than one) the ``tile`` layout puts the input image first, so that three tasks fill 2 x 2.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: got {layout!r}, expected one of {', '.join(LAYOUTS)}")
+    image = np.ascontiguousarray(image)
+    if captions is None:
+        captions = len({tasks[name].TYPE for name in results}) < len(results)
+    panels = []
+    for name, result in results.items():
+        panel = tasks[name].draw(image, result, **{**common, **(options or {}).get(name, {})})
+        if panel.shape != image.shape:
+            raise ValueError(f"task {name!r}: its picture is {panel.shape}, expected the image's {image.shape}")
+        panels.append(caption_panel(panel, name) if captions else panel)
+    if layout == "tile" and len(panels) > 1 and len(panels) % 2:
+        panels.insert(0, image)
+    return compose(panels or [image], layout)
+
+
+def render_overlay(image: Tensor, predictions: Mapping[str, Any], tasks: Mapping[str, Any],
+                   layout: str = "side") -> np.ndarray:
+    """The TensorBoard picture of one evaluation image: :func:`render_results` at the network input size.
+
+    Args:
+        image (Tensor[3, H, W]): uint8 RGB (the padded network input).
+        predictions: task name -> that task's prediction for this image at the network input size (the form of
+            ``Task.postprocess`` + ``Task.select``).
+        tasks: task name -> :class:`perception.tasks.Task`.
+
+    Returns:
+        ndarray[H, k * W, 3] uint8 RGB.
+    """
+    array = np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy()).astype(np.uint8, copy=False)
+    results = {name: tasks[name].to_numpy(prediction) for name, prediction in predictions.items()}
+    return render_results(array, results, tasks, layout)

@@ -27,7 +27,8 @@ Pieces of a type, in the order data flows through them:
   each metric for the multi-task gain);
 - inference/export/pictures: ``predict`` (raw outputs -> numpy results at the original image size), ``to_numpy``,
   ``export_outputs``/``export_metadata``/``decode_numpy`` (the ONNX graph and its numpy decode), ``draw``,
-  ``draw_options``, ``raw_image`` and ``record`` (pictures, raw PNGs and the JSON line); a result is a dict with the keys ``FIELDS``.
+  ``draw_options``, ``raw_image`` and ``record`` (pictures, raw PNGs and the JSON line); a result is a dict with
+  the keys ``FIELDS``.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from perception.utils.device import resolve_device
+
 _CPU_GROUP = None  # gloo group for host-side tensors when the default backend is nccl
 
 
@@ -42,22 +44,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU; ``cuda`` -> ``cuda:<local_rank>``.
-
-    Raises:
-        RuntimeError: CUDA was asked for but is not available.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine; use "
-                               "train.device=cpu or auto")
-        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
-    return torch.device(name)
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -1,13 +1,14 @@
 """The monocular depth task type: a 1/4-scale dense branch on P2..P5, metres, Eigen et al.'s metrics."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perception.ops.geometry import crop_resize_linear
+from perception.ops.draw import colorize_depth, depth_range
+from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original_numpy
 from perception.tasks.base import Task
 from perception.tasks.depth.config import DepthConfig
 from perception.tasks.depth.head import DepthHead
@@ -27,7 +28,10 @@ def image_sizes(meta: Sequence[dict]) -> list[tuple[int, int]] | None:
 
 
 class DepthTask(Task):
-    """Metric depth: Tensor[H, W] float32 metres per image, 0 = no measurement."""
+    """Metric depth: Tensor[H, W] float32 metres per image, 0 = no measurement.
+
+    Result (numpy, original image): ``depth`` ndarray[H, W] float32 metres.
+    """
 
     TYPE = "depth"
     Config = DepthConfig
@@ -35,6 +39,7 @@ class DepthTask(Task):
                 "abs_err", "rel_err")
     SIGNS = {"abs_rel": -1, "rmse": -1}
     SCORE = "delta1"
+    FIELDS = ("depth",)
 
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
@@ -75,3 +80,34 @@ class DepthTask(Task):
     def update_metric(self, metric: DepthMetric, prediction: Tensor, target: Tensor, has: Tensor,
                       meta: Sequence[dict]) -> None:
         metric.update(prediction, target, image_sizes(meta))
+
+    # ------------------------------------------------------------------------------- inference and pictures
+    # predict: the base class's dense path (the raw map resized to the original image, then decoded to metres:
+    # for the ``log`` parameterisation that is a resize in log space, so sharp depth edges stay sharp).
+    def to_numpy(self, prediction: Tensor) -> dict[str, Any]:
+        return {"depth": prediction.detach().float().cpu().numpy()}
+
+    def export_outputs(self, head: nn.Module, output: Tensor) -> dict[str, Tensor]:
+        return {"depth": torch.exp(head.log_depth(output)).clamp(head.min_depth, head.max_depth)}  # [B, 1, h, w]
+
+    def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Letterbox, **options: Any
+                     ) -> dict[str, Any]:
+        # Resized in log space, as the predictor resizes the head's log-depth.
+        log_depth = np.log(np.maximum(outputs["depth"], 1e-6))
+        return {"depth": np.exp(dense_to_original_numpy(log_depth, letterbox)[0]).astype(np.float32)}
+
+    def draw(self, image: np.ndarray, result: Mapping[str, Any], value_range: tuple[float, float] | None = None,
+             **options: Any) -> np.ndarray:
+        return colorize_depth(result["depth"], value_range)
+
+    def draw_options(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        return {"value_range": depth_range(result["depth"])}
+
+    def raw_image(self, result: Mapping[str, Any]) -> np.ndarray:
+        """Millimetres as 16 bits (clipped at 65535 = 65.535 m)."""
+        return np.clip(np.round(result["depth"] * 1000.0), 0, 65535).astype(np.uint16)
+
+    def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """``depth_range_m``: the nearest and farthest predicted depth."""
+        depth = result["depth"]
+        return {"depth_range_m": [round(float(depth.min()), 3), round(float(depth.max()), 3)]}

@@ -1,13 +1,17 @@
 """The detection task type: FCOS head on P3..P7, boxes as targets, COCO mAP."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from perception.ops.boxes import ltrb_to_boxes
+from perception.ops.draw import draw_detections
+from perception.ops.geometry import Letterbox, boxes_to_original
 from perception.tasks.base import Task
+from perception.tasks.detection.decode import fcos_postprocess_numpy, pyramid_sizes
 from perception.tasks.detection.config import DetectionConfig
 from perception.tasks.detection.head import FCOSHead
 from perception.tasks.detection.metric import DetectionMetric
@@ -20,7 +24,12 @@ def _as_tensor(x: Any, dtype: torch.dtype) -> Tensor:
 
 
 class DetectionTask(Task):
-    """Objects as boxes: ``{"boxes": Tensor[N, 4] xyxy pixels, "labels": Tensor[N] int64}`` per image."""
+    """Objects as boxes: ``{"boxes": Tensor[N, 4] xyxy pixels, "labels": Tensor[N] int64}`` per image.
+
+    Result (numpy, original image): ``boxes`` ndarray[N, 4] float32 xyxy, ``scores`` ndarray[N] float32
+    (sqrt(class probability * centerness)), ``labels`` ndarray[N] int64, ``class_names`` list of N names; best
+    first.
+    """
 
     TYPE = "detection"
     Config = DetectionConfig
@@ -32,6 +41,8 @@ class DetectionTask(Task):
     SCORE = "mAP"
     LOSS_KIND = "classification"
     PER_CLASS = "AP"
+    FIELDS = ("boxes", "scores", "labels", "class_names")
+    OPTIONS = ("score_thresh",)
 
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
@@ -79,3 +90,57 @@ class DetectionTask(Task):
     def update_metric(self, metric: DetectionMetric, prediction: list, target: dict, has: Tensor,
                       meta: Sequence[dict]) -> None:
         metric.update(prediction, target["boxes"], target["labels"], has)
+
+    # ------------------------------------------------------------------------------- inference and pictures
+    def predict(self, head: nn.Module, output: dict, letterboxes: Sequence[Letterbox], **options: Any
+                ) -> list[dict[str, Any]]:
+        # Boxes are found at the network input (thresholds, NMS), then scaled to each image and clipped.
+        detections = self.postprocess(head, output, letterboxes[0].padded_size, **options)
+        return [self.to_numpy({**det, "boxes": boxes_to_original(det["boxes"].float(), box)})
+                for det, box in zip(detections, letterboxes)]
+
+    def to_numpy(self, prediction: Mapping[str, Tensor]) -> dict[str, Any]:
+        labels = prediction["labels"].detach().cpu().numpy().astype(np.int64)
+        return {"boxes": prediction["boxes"].detach().float().cpu().numpy().reshape(-1, 4),
+                "scores": prediction["scores"].detach().float().cpu().numpy(),
+                "labels": labels, "class_names": self._names(labels)}
+
+    def _names(self, labels: np.ndarray) -> list[str]:
+        names = self.class_names
+        return [names[k] if 0 <= k < len(names) else f"class_{k}" for k in labels.tolist()]
+
+    def export_outputs(self, head: nn.Module, output: dict) -> dict[str, Tensor]:
+        # Every location's decoded box and per-class score, levels P3..P7 concatenated: [B, A, 4], [B, A, C].
+        boxes = ltrb_to_boxes(output["points"].unsqueeze(0), output["box_regression"])
+        scores = torch.sqrt(torch.sigmoid(output["cls_logits"]) * torch.sigmoid(output["centerness"]).unsqueeze(-1))
+        return {"boxes": boxes, "scores": scores}
+
+    def export_metadata(self, head: nn.Module) -> dict[str, Any]:
+        return {"strides": [int(s) for s in head.strides]}
+
+    def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Letterbox,
+                     score_thresh: float | None = None, strides: Sequence[int] = (8, 16, 32, 64, 128),
+                     **options: Any) -> dict[str, Any]:
+        d = self.cfg
+        sizes = pyramid_sizes(letterbox.padded_height, letterbox.padded_width, strides)
+        boxes, scores, labels = fcos_postprocess_numpy(
+            outputs["boxes"], outputs["scores"], [h * w for h, w in sizes], letterbox.padded_size,
+            d.score_thresh if score_thresh is None else score_thresh, d.nms_thresh, d.topk_candidates,
+            d.detections_per_img)
+        return {"boxes": boxes_to_original(boxes, letterbox), "scores": scores, "labels": labels,
+                "class_names": self._names(labels)}
+
+    def draw(self, image: np.ndarray, result: Mapping[str, Any], palette: np.ndarray | None = None,
+             **options: Any) -> np.ndarray:
+        return draw_detections(image, result["boxes"], result["labels"], result["scores"], result["class_names"],
+                               palette)
+
+    def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """``detections`` in COCO result style: ``bbox`` [x, y, width, height], ``category_id`` (the class
+        index), ``category_name``, ``score``; best first."""
+        xywh = np.asarray(result["boxes"], np.float64).reshape(-1, 4).copy()
+        xywh[:, 2:] -= xywh[:, :2]
+        return {"detections": [
+            {"bbox": [round(float(v), 2) for v in box], "category_id": int(label), "category_name": name,
+             "score": round(float(score), 5)}
+            for box, label, name, score in zip(xywh, result["labels"], result["class_names"], result["scores"])]}

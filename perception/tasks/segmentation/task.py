@@ -1,13 +1,14 @@
 """The semantic segmentation task type: Panoptic-FPN branch on P2..P5, class-id maps, confusion-matrix mIoU."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perception.ops.geometry import crop_resize_nearest
+from perception.ops.draw import class_palette, overlay_segmentation
+from perception.ops.geometry import Letterbox, crop_resize_nearest, dense_to_original_numpy
 from perception.tasks.base import Task
 from perception.tasks.common import IGNORE_INDEX, dense_batch
 from perception.tasks.segmentation.config import SegmentationConfig
@@ -16,7 +17,11 @@ from perception.tasks.segmentation.metric import SegmentationMetric
 
 
 class SegmentationTask(Task):
-    """Per-pixel classes: Tensor[H, W] int64 per image, 255 = no label."""
+    """Per-pixel classes: Tensor[H, W] int64 per image, 255 = no label.
+
+    Result (numpy, original image): ``semantic`` ndarray[H, W] class ids (uint8; int32 above 256 classes) and
+    ``semantic_names``, the name of every class id.
+    """
 
     TYPE = "segmentation"
     Config = SegmentationConfig
@@ -25,6 +30,7 @@ class SegmentationTask(Task):
     SCORE = "mIoU"
     LOSS_KIND = "classification"
     PER_CLASS = "iou"
+    FIELDS = ("semantic", "semantic_names")
 
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
@@ -57,3 +63,41 @@ class SegmentationTask(Task):
     # ----------------------------------------------------------------------------------------------- metrics
     def build_metric(self, eval_cfg: Any, device: torch.device) -> SegmentationMetric:
         return SegmentationMetric(self.cfg.num_classes, self.cfg.class_names, self.cfg.ignore_index, device)
+
+    # ------------------------------------------------------------------------------- inference and pictures
+    # predict: the base class's dense path (logits resized to the original image, then the arg-max there).
+    def _id_dtype(self) -> type:
+        return np.uint8 if self.cfg.num_classes <= 256 else np.int32
+
+    def to_numpy(self, prediction: Tensor) -> dict[str, Any]:
+        return {"semantic": prediction.detach().cpu().numpy().astype(self._id_dtype()),
+                "semantic_names": list(self.class_names)}
+
+    def export_outputs(self, head: nn.Module, output: Tensor) -> dict[str, Tensor]:
+        return {"logits": output}   # [B, K, H/4, W/4]
+
+    def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Letterbox, **options: Any
+                     ) -> dict[str, Any]:
+        logits = dense_to_original_numpy(outputs["logits"], letterbox)
+        return {"semantic": logits.argmax(0).astype(self._id_dtype()), "semantic_names": list(self.class_names)}
+
+    def draw(self, image: np.ndarray, result: Mapping[str, Any], palette: np.ndarray | None = None,
+             alpha: float = 0.55, **options: Any) -> np.ndarray:
+        ids = result["semantic"]
+        if palette is None:
+            palette = class_palette(result.get("semantic_names") or [], int(ids.max(initial=0)) + 1)
+        return overlay_segmentation(image, ids, palette, alpha)
+
+    def raw_image(self, result: Mapping[str, Any]) -> np.ndarray:
+        """Class ids: 8-bit, or 16-bit above 256 classes."""
+        ids = result["semantic"]
+        return ids.astype(np.uint8 if ids.max(initial=0) < 256 else np.uint16)
+
+    def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """``semantic_classes``: the classes present, with their pixel fractions."""
+        ids = result["semantic"]
+        names = result.get("semantic_names") or []
+        counts = np.bincount(ids.ravel(), minlength=len(names))
+        return {"semantic_classes": [
+            {"id": i, "name": names[i] if i < len(names) else f"class_{i}",
+             "fraction": round(float(c) / ids.size, 5)} for i, c in enumerate(counts.tolist()) if c]}
