@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
 
-# The fields a result may have, by type, are the registered types' ``FIELDS``; these are the ones the Python API
-# has always offered as attributes and answers ``None`` for when no task has them.
-LEGACY_FIELDS = ("boxes", "scores", "labels", "class_names", "semantic", "semantic_names", "depth")
-
+from perception.tasks import TASK_TYPES, Task, build_tasks
 
 @dataclass
 class Prediction:
@@ -73,7 +70,7 @@ class Prediction:
                                  f"result instead, e.g. pred[{holders[0]!r}][{name!r}]")
         if holders:
             return self.results[holders[0]][name]
-        if name in LEGACY_FIELDS or name in _registered_fields():
+        if name in _registered_fields():  # a field some type has (boxes, semantic, depth, ...): no task ran it
             return None
         raise AttributeError(f"'Prediction' object has no attribute {name!r} (its tasks: "
                              f"{', '.join(self.__dict__.get('results', {})) or 'none'})")
@@ -119,19 +116,17 @@ class Prediction:
 
 @lru_cache(maxsize=None)
 def _registered_fields() -> frozenset[str]:
-    from perception.tasks import TASK_TYPES
-
+    """The ``FIELDS`` of every registered task type (those of the shipped types are the attributes the Python API
+    has always had: boxes, scores, labels, class_names, semantic, semantic_names, depth)."""
     return frozenset(f for cls in TASK_TYPES.values() for f in cls.FIELDS)
 
 
-def default_tasks(types: Mapping[str, str]) -> dict[str, Any]:
+def default_tasks(types: Mapping[str, str]) -> dict[str, Task]:
     """Task name -> a task of its type with default settings: enough for what reads only a result (records,
     pictures)."""
     return {name: _default_task(name, type_name) for name, type_name in types.items()}
 
 
 @lru_cache(maxsize=64)
-def _default_task(name: str, type_name: str):
-    from perception.tasks import build_tasks
-
+def _default_task(name: str, type_name: str) -> Task:
     return build_tasks({name: {"type": type_name}})[name]
