@@ -205,7 +205,8 @@ def test_demo_trains_evaluates_and_writes_pictures_and_a_video(tmp_path, capsys)
     assert cv2.imread(str(pictures[0])).shape == (2 * 128, 2 * 256, 3)
     records = (out / "predictions" / "images" / "predictions.jsonl").read_text().splitlines()
     records = [json.loads(r) for r in records]
-    assert len(records) == 2 and all({"detections", "semantic_classes", "depth_range_m"} <= set(r) for r in records)
+    assert len(records) == 2 and all({"detections", "semantic_classes", "depth_range_m"}
+                                     <= {k for entry in r["tasks"].values() for k in entry} for r in records)
     assert all((r["height"], r["width"]) == (128, 256) for r in records)
     video = cv2.VideoCapture(str(out / "predictions" / "video" / "drive_pred.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
