@@ -2,7 +2,8 @@
 
     from perception.inference import Predictor
     predictor = Predictor.from_checkpoint("runs/demo/best.pt")
-    pred = predictor("street.png")          # Prediction: numpy boxes/scores/labels, semantic, depth
+    pred = predictor("street.png")          # Prediction: per task name, numpy results at the image's size
+    pred["objects"]["boxes"], pred.depth    # one task's result; a field of the one task that has it
 """
 from perception.inference.images import ImageReadError, as_rgb, read_image
 from perception.inference.prediction import Prediction
