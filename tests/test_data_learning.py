@@ -43,10 +43,10 @@ def test_tiny_model_learns_synthetic_scenes_from_the_loader():
     model.eval()
     with torch.no_grad():
         preds = model.postprocess(model(batch.images), tuple(batch.images.shape[-2:]))
-    labelled = batch.semantic != 255
-    accuracy = (preds["segmentation"] == batch.semantic)[labelled].float().mean().item()
-    majority = torch.bincount(batch.semantic[labelled]).max().item() / labelled.sum().item()
+    labelled = batch.targets["segmentation"] != 255
+    accuracy = (preds["segmentation"] == batch.targets["segmentation"])[labelled].float().mean().item()
+    majority = torch.bincount(batch.targets["segmentation"][labelled]).max().item() / labelled.sum().item()
     assert accuracy > max(0.8, majority + 0.2), (accuracy, majority)
-    valid = batch.depth > 0
-    abs_rel = ((preds["depth"] - batch.depth).abs() / batch.depth)[valid].mean().item()
+    valid = batch.targets["depth"] > 0
+    abs_rel = ((preds["depth"] - batch.targets["depth"]).abs() / batch.targets["depth"])[valid].mean().item()
     assert abs_rel < 0.25

@@ -8,7 +8,8 @@ import torch
 from perception.data import collate
 from perception.data.batch import IGNORE_INDEX
 from perception.data.config import AugmentConfig
-from perception.data.transforms import JointTransform, fitted_size, restore_prediction
+from perception.data.transforms import JointTransform, fitted_size
+from perception.tasks import build_tasks
 
 OBJ_COLOUR, OBJ_CLASS, OBJ_DEPTH = (200, 30, 30), 13, 5.0
 
@@ -95,11 +96,14 @@ def test_eval_fits_keeping_aspect_and_restores():
     assert out["meta"]["orig_size"] == (100, 300)
     batch = collate([out])
     assert batch.images.shape[-2:] == (96, 256)  # padded to a multiple of 32
-    np.testing.assert_allclose(batch.boxes[0].numpy(), [[30 * 256 / 300, 20 * 85 / 100, 150 * 256 / 300,
-                                                         80 * 85 / 100]], rtol=1e-5)
-    prediction = {"detection": {"boxes": batch.boxes[0], "scores": torch.ones(1), "labels": torch.ones(1)},
-                  "segmentation": batch.semantic[0], "depth": batch.depth[0]}
-    restored = restore_prediction(prediction, batch.meta[0])
+    boxes = batch.targets["detection"]["boxes"][0]
+    np.testing.assert_allclose(boxes.numpy(), [[30 * 256 / 300, 20 * 85 / 100, 150 * 256 / 300, 80 * 85 / 100]],
+                               rtol=1e-5)
+    prediction = {"detection": {"boxes": boxes, "scores": torch.ones(1), "labels": torch.ones(1)},
+                  "segmentation": batch.targets["segmentation"][0], "depth": batch.targets["depth"][0]}
+    tasks = build_tasks(["detection", "segmentation", "depth"])
+    restored = {name: tasks[name].restore(p, batch.meta[0]["input_size"], batch.meta[0]["orig_size"])
+                for name, p in prediction.items()}
     np.testing.assert_allclose(restored["detection"]["boxes"].numpy(), [[30, 20, 150, 80]], atol=1e-3)
     seg = restored["segmentation"].numpy()
     assert seg.shape == (100, 300) and (seg == sample["semantic"]).mean() > 0.98

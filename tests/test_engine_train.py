@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from _engine_utils import tiny_config, toy_loader_fn
-from perception.engine import NonFiniteLossError, evaluate, train
+from perception.engine.evaluator import evaluate
+from perception.engine.trainer import NonFiniteLossError, train
 from perception.engine.checkpoint import load_checkpoint
 
 STABLE_KEYS = ("detection/mAP", "detection/mAP50", "segmentation/mIoU", "segmentation/pixel_acc", "depth/abs_rel",
@@ -101,7 +102,7 @@ def test_non_finite_loss_stops_and_names_the_task(tmp_path):
                 for batch in loader:
                     Poisoned.fetched += 1
                     if Poisoned.fetched > 2:  # from step 3 on every depth label is infinite
-                        batch.depth[batch.depth > 0] = math.inf
+                        batch.targets["depth"][batch.targets["depth"] > 0] = math.inf
                     yield batch
         return Poisoned() if split == "train" else loader
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from perception.data import collate
-from perception.losses import l1_log_loss, semantic_cross_entropy, silog_loss
+from perception.tasks.depth.loss import l1_log_loss, silog_loss
+from perception.tasks.segmentation.loss import semantic_cross_entropy
 from perception.ops.boxes import boxes_to_ltrb
 from perception.tasks.detection.loss import centerness_target, fcos_losses
-from perception.models.heads.detection import fcos_assign, make_points, pad_targets
+from perception.tasks.detection.head import fcos_assign, make_points, pad_targets
 
 
 def test_silog_matches_hand_computation_and_ignores_invalid_pixels():
@@ -144,18 +145,19 @@ def test_collate_pads_to_stride_with_ignore_values_and_marks_labels():
     assert batch.images.shape == (2, 3, 64, 96) and batch.images.dtype == torch.uint8
     assert torch.equal(batch.images[0, :, :50, :70], torch.from_numpy(a["image"]).permute(2, 0, 1))
     assert (batch.images[0, :, 50:] == 0).all() and (batch.images[1, :, :, 90:] == 0).all()
-    assert (batch.semantic[0, :50, :70] == 1).all() and (batch.semantic[0, 50:] == 255).all()
-    assert (batch.semantic[1] == 255).all() and (batch.depth[1] == 0).all()
-    assert (batch.depth[0, :50, :70] == 2).all() and (batch.depth[0, :, 70:] == 0).all()
+    semantic, depth, det = batch.targets["segmentation"], batch.targets["depth"], batch.targets["detection"]
+    assert (semantic[0, :50, :70] == 1).all() and (semantic[0, 50:] == 255).all()
+    assert (semantic[1] == 255).all() and (depth[1] == 0).all()
+    assert (depth[0, :50, :70] == 2).all() and (depth[0, :, 70:] == 0).all()
     assert batch.has["segmentation"].tolist() == [True, False]
     assert batch.has["detection"].tolist() == [False, True]
     assert batch.present() == {"detection": True, "segmentation": True, "depth": True}
-    assert batch.boxes[0].shape == (0, 4) and batch.labels[1].tolist() == [3]
+    assert det["boxes"][0].shape == (0, 4) and det["labels"][1].tolist() == [3]
 
 
 def test_box_regression_recovers_from_strongly_negative_outputs():
     """The regression is exp(x), not ReLU(x): pushed far below zero it still gets a gradient and grows back."""
-    from perception.models.heads.detection import FCOSHead
+    from perception.tasks.detection import FCOSHead
 
     torch.manual_seed(0)
     head = FCOSHead(8, num_classes=2, strides=(8, 16), num_convs=1)

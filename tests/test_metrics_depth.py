@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from perception.metrics import DepthMetric
-from perception.metrics.depth import eigen_crop_mask
+from perception.tasks.depth.metric import DepthMetric
+from perception.tasks.depth.metric import eigen_crop_mask
 
 
 def _reference(p, g):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from perception.metrics import DetectionMetric, coco_evaluate
+from perception.tasks.detection.metric import DetectionMetric, coco_evaluate
 
 
 def _crafted():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perception.metrics import SegmentationMetric
+from perception.tasks.segmentation.metric import SegmentationMetric
 
 
 def test_hand_computed_iou_accumulated_over_the_split():

@@ -9,7 +9,9 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from perception.config import ConfigError, load_config
 from perception.data import collate
-from perception.models import FCOSHead, SegmentationHead, TimmBackbone, build_model
+from perception.models import TimmBackbone, build_model
+from perception.tasks.detection import FCOSHead
+from perception.tasks.segmentation import SegmentationHead
 from perception.models.config import ModelConfig
 from perception.mtl import UncertaintyWeighting
 from perception.utils.configurable import from_dict
@@ -170,7 +172,7 @@ def test_backbone_without_stride_32_pyramid_is_refused():
 
 
 def test_unknown_task_and_zero_classes_are_clear_errors():
-    with pytest.raises(ConfigError, match="unknown task 'segmantation'.*Did you mean 'segmentation'"):
+    with pytest.raises(ConfigError, match="unknown task type 'segmantation'.*Did you mean 'segmentation'"):
         load_config(None, ["model.tasks=[detection, segmantation]"])
     with pytest.raises(ConfigError, match="num_classes: got 0, expected at least 1"):
         load_config(None, ["model.detection.num_classes=0"])

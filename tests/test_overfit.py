@@ -36,17 +36,17 @@ def test_tiny_model_overfits_one_batch_boxes_masks_and_depth():
         preds = model.postprocess(model(batch.images), tuple(batch.images.shape[-2:]))
 
     # Detection: every ground-truth box is found with IoU > 0.5 and the right class.
-    for det, gt_boxes, gt_labels in zip(preds["detection"], batch.boxes, batch.labels):
+    for det, gt_boxes, gt_labels in zip(preds["detection"], batch.targets["detection"]["boxes"], batch.targets["detection"]["labels"]):
         assert len(det["boxes"]) > 0
         iou = box_iou(gt_boxes, det["boxes"])                               # [G, D]
         same_class = gt_labels[:, None] == det["labels"][None, :]
         assert ((iou > 0.5) & same_class).any(dim=1).all(), (gt_boxes, det)
     # Segmentation: pixel accuracy over labelled pixels.
-    labelled = batch.semantic != 255
-    accuracy = (preds["segmentation"] == batch.semantic)[labelled].float().mean().item()
+    labelled = batch.targets["segmentation"] != 255
+    accuracy = (preds["segmentation"] == batch.targets["segmentation"])[labelled].float().mean().item()
     assert accuracy > 0.9
     # Depth: AbsRel over valid pixels.
-    valid = batch.depth > 0
-    abs_rel = ((preds["depth"] - batch.depth).abs() / batch.depth)[valid].mean().item()
+    valid = batch.targets["depth"] > 0
+    abs_rel = ((preds["depth"] - batch.targets["depth"]).abs() / batch.targets["depth"])[valid].mean().item()
     assert abs_rel < 0.1
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -18,7 +18,6 @@ from typing import Sequence
 
 import numpy as np
 
-from perception.data.batch import LABEL_KEYS
 from perception.data.datasets.base import BaseDataset
 from perception.data.io import DataError, read_image, read_json, read_label_image
 from perception.data.labels import cityscapes_instance_classes, cityscapes_instance_names, cityscapes_tables
@@ -106,6 +105,7 @@ class CityscapesDataset(BaseDataset):
     """
 
     name = "cityscapes"
+    LABELS = ("detection", "segmentation", "depth")
 
     def __init__(self, root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None,
                  level: str = "trainId", boxes: str = "instanceIds", annotation: str = "gtFine") -> None:
@@ -113,9 +113,9 @@ class CityscapesDataset(BaseDataset):
         if boxes not in ("instanceIds", "polygons"):
             raise ValueError(f"boxes: got {boxes!r}, expected 'instanceIds' or 'polygons'")
         for task in tasks or ():
-            if task not in LABEL_KEYS:
-                raise ValueError(f"tasks: unknown task {task!r}; expected some of {', '.join(LABEL_KEYS)}")
-        self.tasks = tuple(t for t in LABEL_KEYS if t in tasks) if tasks else tuple(LABEL_KEYS)
+            if task not in self.LABELS:
+                raise ValueError(f"tasks: unknown label {task!r}; Cityscapes labels {', '.join(self.LABELS)}")
+        self.tasks = tuple(t for t in self.LABELS if t in tasks) if tasks else self.LABELS
         self.lut, semantic_names = cityscapes_tables(level)
         self.instance_classes = cityscapes_instance_classes()
         self.classes = {"detection": cityscapes_instance_names(), "segmentation": semantic_names}
