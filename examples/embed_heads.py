@@ -26,7 +26,8 @@ from torchvision.ops import FeaturePyramidNetwork
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perception.models.heads import DepthHead, SegmentationHead  # noqa: E402
+from perception.tasks.depth import DepthHead  # noqa: E402
+from perception.tasks.segmentation import SegmentationHead  # noqa: E402
 
 
 class MyNetwork(nn.Module):
