@@ -5,6 +5,11 @@
 Sections mirror the constructors they feed (``model`` -> ``build_model``, ``weighting`` -> ``build_weighting``,
 ...). An unknown key is an error naming the closest valid one; a wrong type names the key, the value and the
 expected type.
+
+This module only assembles the sections that each package defines next to the code it configures
+(``perception.engine.config`` among them). Importing a section runs its package's ``__init__`` and the section's
+module, and neither leads back here: the engine's ``__init__`` imports nothing because the trainer and evaluator,
+which read a whole ``Config``, import this module (``tests/test_architecture.py`` checks that no import circles).
 """
 from __future__ import annotations
 

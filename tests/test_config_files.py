@@ -25,7 +25,7 @@ def test_config_loads_and_builds(path, tmp_path):
     cfg = load_config(path, ["model.backbone.pretrained=false"])
     model = build_model(cfg.model)
     weighting = build_weighting(cfg.weighting, model.tasks)
-    assert model.tasks == cfg.model.tasks and weighting.tasks == cfg.model.tasks
+    assert model.tasks == cfg.model.task_names and weighting.tasks == model.tasks   # list or mapping form
     if len(model.tasks) == 1:
         assert cfg.weighting.method == "equal"
     # The resolved config round-trips through the YAML saved in the run directory.

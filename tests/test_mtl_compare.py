@@ -17,10 +17,14 @@ def test_overrides_may_follow_the_lists_and_the_plan_has_baselines_first():
                                "cross_stitch", "data.batch_size=4"])
     assert args.methods == ["equal", "pcgrad"] and args.sharing == ["cross_stitch"]
     assert args.overrides == ["model.backbone.name=resnet18", "data.batch_size=4"]
-    plan = compare.run_plan(args, ["segmentation", "depth"])
-    assert [p["name"] for p in plan] == ["single_segmentation", "single_depth", "method_equal", "method_pcgrad",
+    tasks = {"semantic": {"type": "segmentation", "num_classes": 4}, "depth": {"type": "depth"}}
+    plan = compare.run_plan(args, tasks)
+    assert [p["name"] for p in plan] == ["single_semantic", "single_depth", "method_equal", "method_pcgrad",
                                          "sharing_cross_stitch"]
-    assert plan[0]["overrides"] == ["model.tasks=[segmentation]", "weighting.method=equal"]
+    # A baseline trains its one task with the settings it has in the multi-task config.
+    assert plan[0]["tasks"] == {"semantic": {"type": "segmentation", "num_classes": 4}}
+    assert plan[0]["overrides"] == ["weighting.method=equal"]
+    assert all("tasks" not in p for p in plan[2:])
     assert plan[-1]["overrides"] == ["weighting.method=equal", "model.sharing=cross_stitch"]
 
 
@@ -66,3 +70,28 @@ def test_table_only_tabulates_finished_runs_with_their_own_budget(tmp_path, caps
     assert row.rstrip(" |").endswith("0.250")
     assert "method_pcgrad" not in table
     assert json.loads((tmp_path / "comparison.json").read_text())["rows"][-1]["run"] == "method_equal"
+
+
+def test_a_baseline_trains_one_named_task_with_its_settings(tmp_path, monkeypatch):
+    import perception.engine.trainer as trainer
+    from perception.config import load_config
+    from perception.tasks import tasks_to_spec
+
+    trained = []
+
+    def fake_train(cfg):
+        trained.append(cfg)
+        Path(cfg.output_dir).mkdir(parents=True)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    args = compare.parse_args(["--out", str(tmp_path), "--steps", "3", "--methods", "equal", "--sharing",
+                               "model.tasks={objects: {type: detection, num_classes: 3}, "
+                               "semantic: {type: segmentation, num_classes: 4}}"])
+    tasks = tasks_to_spec(load_config(args.config, args.overrides).model.build_tasks())
+    plan = compare.run_plan(args, tasks)
+    assert [p["name"] for p in plan] == ["single_objects", "single_semantic", "method_equal"]
+    compare.train_run(args, plan[1], seed=0)
+    compare.train_run(args, plan[2], seed=0)
+    single, multi = (cfg.model.build_tasks() for cfg in trained)
+    assert list(single) == ["semantic"] and single["semantic"].num_classes == 4
+    assert list(multi) == ["objects", "semantic"] and trained[1].train.max_steps == 3

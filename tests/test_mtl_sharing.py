@@ -23,7 +23,8 @@ def batch():
 
 
 def _single_task_net(model, task):
-    return MultiTaskModel(model.backbone[task], model.neck[task], {task: model.heads[task]})
+    return MultiTaskModel(model.backbone[task], model.neck[task], {task: model.heads[task]},
+                          {task: model.task_specs[task]})
 
 
 def _assert_outputs_close(a, b):
@@ -131,3 +132,31 @@ def test_sharing_settings_are_validated():
         tiny_model(sharing="cross_stitch", cross_stitch_init=1.5)
     with pytest.raises(ConfigError, match="soft_sharing_weight"):
         tiny_model(sharing="soft", soft_sharing_weight=-1.0)
+
+
+@pytest.mark.parametrize("method", ["uncertainty", "pcgrad"])
+def test_the_train_step_hands_the_soft_penalty_to_the_weighting_once(batch, method):
+    from perception.engine.step import TrainStep, make_grad_scaler
+    from perception.mtl import WeightingConfig, build_weighting
+
+    torch.manual_seed(0)
+    model = tiny_model(sharing="soft", soft_sharing_weight=0.5)
+    param = next(model.backbone["depth"].parameters())
+    with torch.no_grad():
+        param.add_(0.05)                                              # untie the trunks: a penalty to pull
+    weighting = build_weighting(WeightingConfig(method=method, init_log_var=0.5), model.tasks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    cpu = torch.device("cpu")
+    step = TrainStep(model, model, weighting, torch.optim.SGD(params, lr=0.0), None, make_grad_scaler("none", cpu),
+                     None, cpu)
+    _, loss = step.forward_backward(batch, model.tasks)
+    # The reference: the weighting's combination of the task losses plus the penalty, unweighted, once.
+    task_losses, components = model.compute_losses(model(batch.images), batch)
+    combined, _ = weighting(task_losses)
+    reference = torch.autograd.grad(combined + components[PENALTY_KEY], params, allow_unused=True,
+                                    retain_graph=True)
+    penalty_grad = torch.autograd.grad(components[PENALTY_KEY], [param])[0]
+    assert penalty_grad.abs().max() > 1e-2                            # large against the tolerance below
+    for p, ref in zip(params, reference):
+        torch.testing.assert_close(p.grad, ref if ref is not None else torch.zeros_like(p), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(loss, (combined + components[PENALTY_KEY]).detach())

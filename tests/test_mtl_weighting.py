@@ -182,3 +182,42 @@ def test_every_method_is_one_config_value(method, cls):
 def test_bad_method_settings_are_named(data, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(WeightingConfig, data)
+
+
+# ------------------------------------------------------------------------------------- a loss of no task (extra)
+@pytest.mark.parametrize("through", ["parameters", "features"])
+@pytest.mark.parametrize("method", WEIGHTING_METHODS)
+def test_a_loss_of_no_task_reaches_every_method_once_and_unweighted(method, through):
+    # ``extra`` (the soft-sharing penalty) must add its own gradient exactly once, whatever the method does with
+    # the task losses: the gradients with it minus those without it are its gradient alone (under an AMP scale).
+    torch.manual_seed(0)
+    model = TinyMultiTask(TASKS)
+    x, y = regression_data(TASKS)
+    cfg = WeightingConfig(method=method, weights={"detection": 2.0, "segmentation": 0.5})
+    weighting = build_weighting(cfg, TASKS)
+    params = list(model.parameters())
+    scale = lambda loss: 4.0 * loss  # noqa: E731
+
+    def penalty(features):
+        if through == "parameters":   # on a shared and on a task's own parameter
+            return 0.3 * model.trunk[0].weight.pow(2).sum() + 0.2 * model.heads["depth"].weight.pow(2).sum()
+        return 0.3 * features[0].pow(2).mean()
+
+    def backward(with_extra: bool):
+        model.zero_grad()
+        weighting.zero_grad()
+        outputs, features = model(x, return_features=True)
+        extra = penalty(features) if with_extra else None
+        torch.manual_seed(3)                                   # RLW's weights, PCGrad's visiting order
+        total, _ = weighting.backward(mse_losses(outputs, y, {"depth": 3.0}), weighting.shared_parameters_fn(model),
+                                      scale=scale, shared_features=features, extra=extra)
+        return total, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    total_without, without = backward(False)
+    total_with, with_ = backward(True)
+    _, features = model(x, return_features=True)
+    expected = penalty(features)
+    reference = torch.autograd.grad(scale(expected), params, allow_unused=True)
+    for p, a, b, ref in zip(params, without, with_, reference):
+        torch.testing.assert_close(b - a, ref if ref is not None else torch.zeros_like(p), atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(total_with - total_without, expected.detach(), atol=1e-6, rtol=1e-5)

@@ -77,3 +77,20 @@ def test_parse_overrides():
         "a": {"b": 1, "c": [1, 2]}, "d": "text", "e": True}
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["train.lr"])
+
+
+def test_class_names_default_to_the_cityscapes_table_when_the_count_matches():
+    from cityscapesscripts.helpers.labels import labels
+
+    from perception.tasks.detection.config import DetectionConfig
+    from perception.tasks.segmentation.config import SegmentationConfig
+
+    train_ids = sorted((l.trainId, l.name) for l in labels if 0 <= l.trainId < 255 and l.id >= 0)
+    things = [name for train_id, name in train_ids if next(l for l in labels if l.name == name).hasInstances]
+    assert SegmentationConfig().class_names == [name for _, name in train_ids] and len(train_ids) == 19
+    assert DetectionConfig().class_names == things == ["person", "rider", "car", "truck", "bus", "train",
+                                                       "motorcycle", "bicycle"]
+    assert SegmentationConfig(num_classes=3).class_names == ["class_0", "class_1", "class_2"]
+    assert DetectionConfig(num_classes=2, class_names=["red", "blue"]).class_names == ["red", "blue"]
+    cfg = load_config(None, ["model.tasks={lanes: {type: segmentation, num_classes: 19}}"])
+    assert cfg.model.build_tasks()["lanes"].class_names[:2] == ["road", "sidewalk"]

@@ -17,16 +17,20 @@ mAP that has not left 0 in a short run) has no relative change and is left out, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METHODS = ["equal", "uncertainty", "dwa", "gradnorm", "rlw", "pcgrad", "mgda", "cagrad", "aligned_mtl"]
 SHARING = ["soft", "cross_stitch"]
-HEADLINE = {"detection": "detection/mAP50", "segmentation": "segmentation/mIoU", "depth": "depth/abs_rel"}
+# The metric shown per task in the table: its type's first headline metric, except where a short run says more
+# with another (COCO mAP stays near 0 for long; mAP50 moves first).
+TABLE_METRIC = {"detection": "mAP50"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,10 +53,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_plan(args: argparse.Namespace, tasks: list[str]) -> list[dict]:
-    """Every run: name, kind and its own overrides."""
-    plan = [{"name": f"single_{t}", "kind": "baseline", "task": t,
-             "overrides": [f"model.tasks=[{t}]", "weighting.method=equal"]} for t in tasks]
+def run_plan(args: argparse.Namespace, tasks: Mapping[str, dict]) -> list[dict]:
+    """Every run: name, kind and its own overrides (a baseline also its one task, in the mapping form).
+
+    Args:
+        tasks: the config's tasks as ``model.tasks`` in the mapping form (name -> {type, **settings}).
+    """
+    plan = [{"name": f"single_{t}", "kind": "baseline", "task": t, "tasks": {t: dict(spec)},
+             "overrides": ["weighting.method=equal"]} for t, spec in tasks.items()]
     plan += [{"name": f"method_{m}", "kind": "method", "method": m, "sharing": "hard",
               "overrides": [f"weighting.method={m}"]} for m in args.methods]
     plan += [{"name": f"sharing_{s}", "kind": "sharing", "method": args.sharing_method, "sharing": s,
@@ -64,7 +72,7 @@ def run_plan(args: argparse.Namespace, tasks: list[str]) -> list[dict]:
 def train_run(args: argparse.Namespace, entry: dict, seed: int) -> Path | None:
     """Train one run (or reuse a finished one); returns its directory (None: not finished, with --table-only)."""
     from perception.config import load_config
-    from perception.engine import train
+    from perception.engine.trainer import train
 
     run_dir = Path(args.out) / f"seed{seed}" / entry["name"]
     if (run_dir / "metrics.json").exists() and (run_dir / "done").exists():
@@ -75,7 +83,12 @@ def train_run(args: argparse.Namespace, entry: dict, seed: int) -> Path | None:
         f"train.max_steps={args.steps}", f"train.eval_interval={args.steps}", f"output_dir={run_dir}",
         f"seed={seed}"]
     cfg = load_config(args.config, overrides)
-    print(f"--- {entry['name']} (seed {seed}): {' '.join(entry['overrides'])}", flush=True)
+    described = list(entry["overrides"])
+    if "tasks" in entry:  # one task of the config (an override could only add to a mapping of tasks)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tasks=entry["tasks"]))
+        cfg.model.validate()
+        described.append(f"model.tasks=[{', '.join(entry['tasks'])}]")
+    print(f"--- {entry['name']} (seed {seed}): {' '.join(described)}", flush=True)
     start = time.perf_counter()
     train(cfg)
     (run_dir / "done").write_text(f"{time.perf_counter() - start:.1f}\n", encoding="utf-8")
@@ -105,12 +118,15 @@ def gain(metrics: dict, baseline: dict, signs: dict[str, int]) -> tuple[dict, li
 def main(argv=None) -> int:
     args = parse_args(argv)
     from perception.config import load_config
-    from perception.engine.config import DEFAULT_DELTA_M_METRICS
+    from perception.engine.evaluator import delta_m_metrics
+    from perception.tasks import tasks_to_spec
 
     base_cfg = load_config(args.config, list(args.overrides))
-    tasks = list(base_cfg.model.tasks)
-    signs = dict(base_cfg.eval.delta_m_metrics or DEFAULT_DELTA_M_METRICS)
-    plan = run_plan(args, tasks)
+    specs = base_cfg.model.build_tasks()
+    tasks = list(specs)
+    signs = delta_m_metrics(base_cfg.eval, specs)
+    headline = table_metrics(specs)
+    plan = run_plan(args, tasks_to_spec(specs))
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         baseline: dict[str, float] = {}
@@ -127,11 +143,11 @@ def main(argv=None) -> int:
             else:
                 record["gain"], record["dropped"] = {"delta_m": float("nan")}, ["(a single-task baseline is missing)"]
             results.setdefault(entry["name"], []).append(record)
-    rows = table_rows(plan, results, tasks)
+    rows = table_rows(plan, results, headline)
     # The budget as trained (with --table-only, --steps may not be what the runs used).
     steps = sorted({int(r["metrics"]["step"]) for records in results.values() for r in records
                     if "step" in r["metrics"]}) or [args.steps]
-    text = format_table(rows, tasks, args, base_cfg, steps)
+    text = format_table(rows, headline, args, base_cfg, steps)
     print(text)
     out = Path(args.out)
     (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
@@ -146,7 +162,19 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def table_rows(plan: list[dict], results: dict[str, list[dict]], tasks: list[str]) -> list[dict]:
+def table_metrics(tasks: Mapping[str, Any]) -> dict[str, str]:
+    """Task name -> the metric key shown for it (``<name>/<metric>``)."""
+    return {name: f"{name}/{TABLE_METRIC.get(task.TYPE, task.HEADLINE[0] if task.HEADLINE else '')}"
+            for name, task in tasks.items()}
+
+
+def table_rows(plan: list[dict], results: dict[str, list[dict]], headline: Mapping[str, str]) -> list[dict]:
+    """One row per finished run: the seeds' means of its headline metrics and gains.
+
+    Args:
+        headline: task name -> the metric key shown for it.
+    """
+    tasks = list(headline)
     rows = []
     for entry in plan:
         records = results.get(entry["name"])
@@ -155,7 +183,7 @@ def table_rows(plan: list[dict], results: dict[str, list[dict]], tasks: list[str
         row = {"run": entry["name"], "method": entry.get("method", "equal"), "sharing": entry.get("sharing", "-"),
                "s_per_step": _mean(r["s_per_step"] for r in records)}
         for task in tasks:
-            key = HEADLINE[task]
+            key = headline[task]
             values = [r["metrics"][key] for r in records if key in r["metrics"]]
             row[key] = _mean(values) if values else None
         if entry["kind"] != "baseline":
@@ -167,13 +195,14 @@ def table_rows(plan: list[dict], results: dict[str, list[dict]], tasks: list[str
     return rows
 
 
-def format_table(rows: list[dict], tasks: list[str], args: argparse.Namespace, cfg,
+def format_table(rows: list[dict], headline: Mapping[str, str], args: argparse.Namespace, cfg,
                  steps: list[int] | None = None) -> str:
     import platform
 
     import torch
 
-    heads = [HEADLINE[t] for t in tasks]
+    tasks = list(headline)
+    heads = [headline[t] for t in tasks]
     columns = ["run", "method", "sharing", "delta_m %"] + [f"delta_m/{t} %" for t in tasks] + heads + ["s/step"]
     budget = "/".join(str(s) for s in (steps or [args.steps]))
     lines = [f"Budget: {budget} steps per run, seeds {args.seeds}, config {args.config} "

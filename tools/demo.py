@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from perception.engine import evaluate, format_metrics, train
+    from perception.engine.evaluator import evaluate, format_metrics
+    from perception.engine.trainer import train
     from perception.inference.predictor import Predictor
     from perception.inference.runner import run_inference
     from perception.inference.sources import open_source

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from perception.engine import evaluate, format_metrics
+    from perception.engine.evaluator import evaluate, format_metrics
 
     output = args.output or str(Path(args.checkpoint).with_name("metrics.json"))
     metrics = evaluate(cfg, args.checkpoint, args.baselines, output, prefer_ema=not args.no_ema)

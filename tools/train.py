@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from perception.engine import NonFiniteLossError, train
+    from perception.engine.trainer import NonFiniteLossError, train
 
     try:
         run_dir = train(cfg, resume=args.resume)

@@ -20,6 +20,7 @@ import torch
 
 from perception.benchmark.common import machine_info, print_table, write_json
 from perception.data.config import DataConfig, DatasetConfig
+from perception.models.config import ModelConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     root = Path(args.root)
     _ensure_export(root, args.images, args.size)
-    tasks = ("detection", "segmentation", "depth")
+    # The labels of the default model's tasks (detection, segmentation, depth), what a training run loads.
+    tasks = list(dict.fromkeys(task.label for task in ModelConfig().build_tasks().values()))
     city = DataConfig(train=[DatasetConfig(type="cityscapes", root=str(root))], image_size=tuple(args.crop),
                       batch_size=2, num_workers=args.workers)
     dataset = build_dataset(city, "train", tasks)

@@ -14,7 +14,8 @@ import torch
 
 from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
 from perception.data.batch import Batch, collate
-from perception.models.config import TASKS, ModelConfig
+from perception.models.config import ModelConfig
+from perception.models.sharing import PENALTY_KEY
 from perception.mtl import WEIGHTING_METHODS, WeightingConfig, build_weighting
 from perception.utils.configurable import from_dict
 
@@ -37,18 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def synthetic_batch(batch: int, size: tuple[int, int], device: torch.device) -> Batch:
-    """``batch`` synthetic driving scenes of ``size`` with all three tasks' labels."""
+    """``batch`` synthetic driving scenes of ``size`` with the labels of the default model's tasks."""
     from perception.data.synthetic import generate_scene
 
     samples = [generate_scene(i, "val", 0, size[0], size[1]) for i in range(batch)]
-    return collate(samples).to(device)
+    labels = list(dict.fromkeys(task.label for task in ModelConfig().build_tasks().values()))
+    return collate(samples, labels=labels).to(device)
 
 
 def build(backbone: str, sharing: str, device: torch.device) -> torch.nn.Module:
+    """The default model (its tasks and their settings: the synthetic scenes' classes) in a sharing mode."""
     from perception.models import build_model
 
-    cfg = from_dict(ModelConfig, {"tasks": list(TASKS), "backbone": {"name": backbone}, "sharing": sharing,
-                                  "detection": {"num_classes": 8}, "segmentation": {"num_classes": 19}})
+    cfg = from_dict(ModelConfig, {"backbone": {"name": backbone}, "sharing": sharing})
     return build_model(cfg).to(device)
 
 
@@ -59,6 +61,8 @@ def _count(params) -> float:
 def training_step_fn(model, weighting, batch: Batch):
     """forward + losses + the method's backward (what differs between methods); gradients are cleared each time."""
     shared = weighting.shared_parameters_fn(model)
+    labelled = batch.present()
+    present = {name: labelled.get(task.label, False) for name, task in model.task_specs.items()}
 
     def run():
         model.zero_grad(set_to_none=True)
@@ -68,9 +72,8 @@ def training_step_fn(model, weighting, batch: Batch):
         else:
             outputs, features = model(batch.images), None
         task_losses, components = model.compute_losses(outputs, batch)
-        weighting.backward(task_losses, shared, present=batch.present(), shared_features=features)
-        if "sharing/penalty" in components:
-            components["sharing/penalty"].backward()
+        weighting.backward(task_losses, shared, present=present, shared_features=features,
+                           extra=components.get(PENALTY_KEY))
     return run
 
 

@@ -1,7 +1,8 @@
-"""One multi-task forward against the three single-task models' forwards, same backbone and input.
+"""One multi-task forward against the single-task models' forwards, same backbone and input.
 
-The single-task models are the same network with one head each (the baselines of the multi-task gain); running
-all three is what a user without a shared model would do to get the three answers.
+The model is the default one (``model.tasks`` of :class:`~perception.models.config.ModelConfig`: detection,
+segmentation and depth). The single-task models are the same network with one head each (the baselines of the
+multi-task gain); running all of them is what a user without a shared model would do to get the same answers.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import argparse
 import torch
 
 from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
-from perception.models.config import TASKS, ModelConfig
+from perception.models.config import ModelConfig
+from perception.tasks import tasks_to_spec
 from perception.utils.configurable import from_dict
 
 
@@ -27,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default="", help="write the results here")
 
 
-def _build(backbone: str, tasks, device, channels_last: bool):
-    cfg = from_dict(ModelConfig, {"tasks": list(tasks), "backbone": {"name": backbone}})
+def default_tasks() -> dict[str, dict]:
+    """The default model's tasks in the mapping form of ``model.tasks`` (name -> {type, **settings})."""
+    return tasks_to_spec(ModelConfig().build_tasks())
+
+
+def _build(backbone: str, tasks: dict[str, dict], device, channels_last: bool):
+    cfg = from_dict(ModelConfig, {"tasks": tasks, "backbone": {"name": backbone}})
     from perception.models import build_model
 
     model = build_model(cfg).to(device).eval()
@@ -39,7 +46,7 @@ def _build(backbone: str, tasks, device, channels_last: bool):
 
 def measure_backbone(backbone: str, size, batch: int, device: torch.device, amp: str, channels_last: bool,
                      warmup: int, repeats: int) -> dict:
-    """Latency of the multi-task forward and of the three single-task forwards, with their ratio."""
+    """Latency of the multi-task forward and of the single-task forwards (one per task), with their ratio."""
     images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device).float()
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -51,20 +58,21 @@ def measure_backbone(backbone: str, size, batch: int, device: torch.device, amp:
                 model(images)
         return run
 
-    multi = _build(backbone, TASKS, device, channels_last)
+    tasks = default_tasks()
+    multi = _build(backbone, tasks, device, channels_last)
     row = {"backbone": backbone, "params_multi_M": sum(p.numel() for p in multi.parameters()) / 1e6}
     row["multi_ms"] = time_fn(forward_fn(multi), device, warmup, repeats)["median_ms"]
     del multi
     singles_ms, singles_params = 0.0, 0.0
-    for task in TASKS:
-        single = _build(backbone, [task], device, channels_last)
+    for task, spec in tasks.items():
+        single = _build(backbone, {task: spec}, device, channels_last)
         singles_params += sum(p.numel() for p in single.parameters()) / 1e6
         ms = time_fn(forward_fn(single), device, warmup, repeats)["median_ms"]
         row[f"{task}_ms"] = ms
         singles_ms += ms
         del single
-    row["three_single_ms"] = singles_ms
-    row["params_three_single_M"] = singles_params
+    row["single_total_ms"] = singles_ms
+    row["params_single_total_M"] = singles_params
     row["ratio"] = row["multi_ms"] / singles_ms
     return row
 
@@ -78,8 +86,8 @@ def run(args: argparse.Namespace) -> dict:
     info = machine_info(device)
     print(f"forward latency, batch {args.batch}, {args.size[0]}x{args.size[1]}, {device}, amp={args.amp}, "
           f"median of {args.repeats}")
-    print_table(rows, ["backbone", "multi_ms", "detection_ms", "segmentation_ms", "depth_ms", "three_single_ms",
-                       "ratio", "params_multi_M", "params_three_single_M"])
+    print_table(rows, ["backbone", "multi_ms", *(f"{task}_ms" for task in default_tasks()), "single_total_ms",
+                       "ratio", "params_multi_M", "params_single_total_M"])
     result = {"benchmark": "model", "machine": info, "settings": {k: v for k, v in vars(args).items()
                                                                  if not k.startswith("_")}, "rows": rows}
     write_json(result, args.json)

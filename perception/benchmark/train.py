@@ -1,9 +1,10 @@
 """Training throughput (images/s) of a config's full step, in variants: fp32, AMP, AMP + channels_last, + compile.
 
 Each variant builds the model, weighting, optimiser and :class:`perception.engine.step.TrainStep` from the config
-and times whole optimizer steps (forward, task losses, weighting, backward, clip, fused step) on one fixed random
-batch with every task's labels, so data loading is left out. Ratios are against the first variant, measured in
-the same process.
+and times whole optimizer steps (forward, task losses, weighting, backward, clip, fused step) on one fixed batch of
+synthetic driving scenes, so data loading is left out. The scenes carry every task's labels that they render; a
+task with fewer classes than the scenes (NYUv2's 13 against Cityscapes' 19) is timed with the scenes' class count,
+which changes only its last layer. Ratios are against the first variant, measured in the same process.
 
     python tools/benchmark.py train --config configs/synthetic_driving.yaml                       # CPU
     python tools/benchmark.py train --config configs/cityscapes.yaml --device cuda \\
@@ -12,10 +13,14 @@ the same process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Mapping, Sequence
 
 import torch
 
 from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
+from perception.models.config import ModelConfig
+from perception.tasks import Task, replace_settings, tasks_to_spec
 
 # variant -> (amp, channels_last, compile); "amp" is bf16 on CPU and fp16 (with the GradScaler) on CUDA.
 VARIANTS = {
@@ -43,22 +48,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
 
 
-def synthetic_batch(batch: int, size: tuple[int, int], cfg, seed: int = 0):
-    """A Batch with random images and random labels of every task (boxes of 16..64 px)."""
-    from perception.data.batch import Batch
+def synthetic_batch(batch: int, size: tuple[int, int], tasks: Mapping[str, Task], seed: int = 0):
+    """A Batch of ``batch`` synthetic driving scenes of ``size`` with the labels of ``tasks`` that they carry."""
+    from perception.data.batch import collate, sample_labels
+    from perception.data.synthetic import generate_scene
 
-    g = torch.Generator().manual_seed(seed)
-    h, w = size
-    boxes, labels = [], []
-    for _ in range(batch):
-        xy = torch.rand(6, 2, generator=g) * torch.tensor([w - 64.0, h - 64.0])
-        wh = 16 + torch.rand(6, 2, generator=g) * 48
-        boxes.append(torch.cat([xy, xy + wh], 1))
-        labels.append(torch.randint(0, cfg.model.detection.num_classes, (6,), generator=g))
-    has = {t: torch.ones(batch, dtype=torch.bool) for t in ("detection", "segmentation", "depth")}
-    return Batch(torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, generator=g), boxes, labels,
-                 torch.randint(0, cfg.model.segmentation.num_classes, (batch, h, w), generator=g),
-                 1 + 50 * torch.rand(batch, h, w, generator=g), has, [{} for _ in range(batch)])
+    samples = [generate_scene(i, "train", seed, size[0], size[1]) for i in range(batch)]
+    carried = set(sample_labels(samples[0]))
+    labels = [label for label in dict.fromkeys(t.label for t in tasks.values()) if label in carried]
+    return collate(samples, labels=labels)
+
+
+def fit_classes(model_cfg: ModelConfig, classes: Mapping[str, Sequence[str]]) -> tuple[ModelConfig, list[str]]:
+    """``model_cfg`` with each classifying task's ``num_classes`` raised to the scenes' classes of its label
+    (``classes``: label -> names), so that every scene label is a valid target; and the tasks changed."""
+    tasks = model_cfg.build_tasks()
+    changed = []
+    for name, task in tasks.items():
+        need = len(classes.get(task.label, ()))
+        if task.num_classes is not None and task.num_classes < need:
+            names = {"class_names": []} if hasattr(task.cfg, "class_names") else {}
+            tasks[name] = replace_settings(task, num_classes=need, **names)
+            changed.append(f"{name}: {task.num_classes} -> {need} classes")
+    return (dataclasses.replace(model_cfg, tasks=tasks_to_spec(tasks)) if changed else model_cfg), changed
 
 
 def measure_variant(cfg, variant: str, batch, device: torch.device, warmup: int, repeats: int) -> dict:
@@ -89,13 +101,18 @@ def measure_variant(cfg, variant: str, batch, device: torch.device, warmup: int,
 
 def run(args: argparse.Namespace) -> dict:
     from perception.config import load_config
+    from perception.data.datasets.synthetic import SyntheticDrivingDataset
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cfg = load_config(args.config, ["model.backbone.pretrained=false", *args.overrides])
     size = tuple(args.size or cfg.data.image_size)
-    batch = synthetic_batch(args.batch or cfg.data.batch_size, size, cfg).to(device)
+    model_cfg, changed = fit_classes(cfg.model, SyntheticDrivingDataset(split="val", num_samples=1).classes)
+    if changed:
+        print(f"timed with the synthetic scenes' classes: {'; '.join(changed)}")
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    batch = synthetic_batch(args.batch or cfg.data.batch_size, size, model_cfg.build_tasks()).to(device)
     rows = []
     for variant in args.variants:
         if VARIANTS[variant][0] == "fp16" and device.type != "cuda":

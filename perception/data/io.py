@@ -5,15 +5,17 @@ dataset wrapper either stops with it or, under ``skip_bad``, skips the sample an
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from perception.data.batch import IGNORE_INDEX
+from perception.utils import images
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (rounding in annotation tools); it is clipped
 
@@ -30,29 +32,29 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _as_data_error() -> Iterator[None]:
+    # The file readers live in perception.utils.images (shared with the predictor); here their errors are the
+    # data layer's, which the dataset wrapper knows how to stop with or skip.
+    try:
+        yield
+    except images.ImageReadError as err:
+        raise DataError(str(err)) from None
+
+
 def _read_bytes(path: Path, what: str) -> np.ndarray:
-    require_file(path, what)
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        raise DataError(f"{path}: empty {what} file")
-    return data
+    with _as_data_error():
+        return images.read_file_bytes(path, what)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An RGB image as ndarray[H, W, 3] uint8.
+    """An RGB image as ndarray[H, W, 3] uint8 (:func:`perception.utils.images.read_image`).
 
     Raises:
         DataError: the file is missing, empty, truncated or not an image.
     """
-    path = Path(path)
-    data = _read_bytes(path, "image")
-    # A JPEG cut short may still decode (the missing rows grey), so insist on its end-of-image marker.
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
-        raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{path}: cannot decode the image (truncated or not an image file)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    with _as_data_error():
+        return images.read_image(path)
 
 
 def read_label_image(path: str | os.PathLike, what: str, dtype: type | None = None) -> np.ndarray:

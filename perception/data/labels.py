@@ -14,60 +14,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from perception.data.batch import IGNORE_INDEX
+# The Cityscapes table (from cityscapesscripts), under the names the datasets import it by.
+from perception.utils.cityscapes import (cityscapes_instance_classes, cityscapes_instance_names,  # noqa: F401
+                                         cityscapes_tables)
 from perception.utils.configurable import ConfigError
 
 LABEL_TASKS = ("detection", "segmentation")
-
-
-def cityscapes_tables(level: str = "trainId") -> tuple[np.ndarray, list[str]]:
-    """Cityscapes labelId -> class LUT and the class names, from the official table in cityscapesscripts.
-
-    Args:
-        level: ``trainId`` (19 classes) or ``category`` (7: flat, construction, object, nature, sky, human,
-            vehicle; the ``void`` category is ignored).
-
-    Returns:
-        lut (ndarray[256] int64): maps every labelId to its class (255 = ignore); ids outside the table map to -1.
-        names: the class names in class order.
-    """
-    from cityscapesscripts.helpers.labels import labels
-
-    lut = np.full(256, -1, np.int64)
-    if level == "trainId":
-        names = [""] * 19
-        for label in labels:
-            if label.id < 0:
-                continue  # "license plate": not a labelId that appears in the images
-            lut[label.id] = label.trainId if 0 <= label.trainId < 255 else IGNORE_INDEX
-            if 0 <= label.trainId < 255:
-                names[label.trainId] = label.name
-        return lut, names
-    if level == "category":
-        categories: dict[int, str] = {}
-        for label in labels:
-            if label.id < 0:
-                continue
-            cat = label.categoryId - 1  # categoryId 0 is "void"
-            lut[label.id] = cat if cat >= 0 else IGNORE_INDEX
-            if cat >= 0:
-                categories[cat] = label.category
-        return lut, [categories[i] for i in range(len(categories))]
-    raise ValueError(f"level: got {level!r}, expected 'trainId' or 'category'")
-
-
-def cityscapes_instance_classes() -> dict[int, int]:
-    """labelId -> detection label for the 8 Cityscapes instance classes (in trainId order: person .. bicycle)."""
-    from cityscapesscripts.helpers.labels import labels
-
-    things = sorted((l for l in labels if l.hasInstances and 0 <= l.trainId < 255), key=lambda l: l.trainId)
-    return {l.id: i for i, l in enumerate(things)}
-
-
-def cityscapes_instance_names() -> list[str]:
-    from cityscapesscripts.helpers.labels import labels
-
-    return [l.name for l in sorted((l for l in labels if l.hasInstances and 0 <= l.trainId < 255),
-                                   key=lambda l: l.trainId)]
 
 
 @dataclass

@@ -3,7 +3,8 @@
     active = task_scheduler.select(step)                         # which tasks this step trains
     outputs = model(images, tasks=active)                        # (+ the shared features for MGDA-UB-like methods)
     task_losses, parts = model.compute_losses(outputs, batch)    # {task: scalar}
-    loss, weights = weighting.backward(task_losses, shared, present, scale, features)   # tasks meet here only
+    loss, weights = weighting.backward(task_losses, shared, present, scale, features,
+                                       extra=parts.get(PENALTY_KEY))  # losses meet here only
     (repeat over the accumulated micro-batches) -> sync gradients -> unscale -> clip -> step -> EMA
 
 Non-finite steps: the step runs through ``torch.amp.GradScaler`` and a fused optimizer. The scaler checks the
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.data.batch import Batch
+from perception.models.sharing import PENALTY_KEY
 from perception.utils.distributed import average_gradients
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,7 +98,7 @@ class TrainStep:
     # ----------------------------------------------------------------------------------------- forward/backward
     def forward_backward(self, batch: Batch, active: Sequence[str], loss_scale: float = 1.0
                          ) -> tuple[dict[str, Tensor], Tensor]:
-        """Forward one micro-batch and backpropagate its (weighted) loss; the gradients accumulate.
+        """Forward one micro-batch and backpropagate its combined loss; the gradients accumulate.
 
         Args:
             batch: the micro-batch (already on the device).
@@ -104,7 +106,7 @@ class TrainStep:
             loss_scale: multiplies the loss (1 / micro-batches per step).
 
         Returns:
-            the detached task losses and the combined loss.
+            the detached task losses and the combined loss (the soft-sharing penalty included).
         """
         images = batch.images
         if self.channels_last:
@@ -118,12 +120,11 @@ class TrainStep:
         scale = lambda loss: self.scaler.scale(loss * loss_scale)  # noqa: E731
         labelled = batch.present()
         present = {name: labelled.get(self.module.task_specs[name].label, False) for name in task_losses}
+        # The soft-sharing penalty belongs to no task: the weighting adds it unweighted, in the one backward.
         loss, weights = self.weighting.backward(task_losses, self.shared_parameters, present=present,
-                                                scale=scale, shared_features=features)
+                                                scale=scale, shared_features=features,
+                                                extra=components.get(PENALTY_KEY))
         self.last_weights = weights
-        penalty = components.get("sharing/penalty")  # soft parameter sharing: belongs to no task, never weighted
-        if penalty is not None:
-            scale(penalty).backward()
         comp = self.stats["components"]
         for key, value in components.items():
             comp[key] = comp.get(key, 0.0) + value.detach().float() * loss_scale

@@ -6,37 +6,10 @@ channels; a fourth (alpha) channel is dropped. Anything else is refused with an 
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-class ImageReadError(ValueError):
-    """An image file that is missing, unreadable or not an image."""
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ndarray[H, W, 3] uint8 RGB.
-
-    Raises:
-        ImageReadError: naming the file when it does not exist or OpenCV cannot decode it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image {str(path)!r} does not exist")
-    # imdecode on the bytes (rather than imread) so that non-ASCII paths work on every platform.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageReadError(f"image {str(path)!r} could not be decoded: empty, truncated or not an image format "
-                             f"OpenCV reads ({', '.join(IMAGE_EXTENSIONS)})")
-    if image.size == 0:
-        raise ImageReadError(f"image {str(path)!r} is empty ({image.shape[0]}x{image.shape[1]})")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+from perception.utils.images import IMAGE_EXTENSIONS, ImageReadError, read_image  # noqa: F401 (the one reader)
 
 
 def as_hwc3(image: np.ndarray, name: str = "image") -> np.ndarray:

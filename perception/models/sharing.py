@@ -13,8 +13,8 @@ the paper); every task reads its own mixed C2..C5 through its own FPN.
 
 Both keep ``MultiTaskModel``'s API (``forward``, ``compute_losses``, ``postprocess``, ``shared_parameters``), so the
 trainer and the predictor work unchanged. The soft penalty is returned by ``compute_losses`` as the one
-component that carries a gradient, ``components["sharing/penalty"]``, which the trainer backpropagates once per
-step next to the weighted task losses (it belongs to no task, so no weighting scales it).
+component that carries a gradient, ``components[PENALTY_KEY]``; the trainer hands it to the weighting as its
+``extra`` term, which every method adds unweighted (it belongs to no task), so that losses meet in one place.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from perception.models.multitask import MultiTaskModel
 from perception.models.neck import FPN, pyramid_output_parameters
 from perception.tasks import Task
 
-PENALTY_KEY = "sharing/penalty"
+PENALTY_KEY = "sharing/penalty"  # the loss component of no task: the weighting's unweighted ``extra`` term
 
 
 def backbone_stages(body: nn.Module) -> list[nn.Sequential]:
@@ -192,8 +192,8 @@ class SoftSharingModel(PerTaskTrunkModel):
         return self.penalty_weight * total
 
     def compute_losses(self, outputs: dict, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``MultiTaskModel.compute_losses`` plus ``components["sharing/penalty"]`` over the tasks in ``outputs``:
-        a scalar with a gradient, which the trainer adds to the backpropagated loss."""
+        """``MultiTaskModel.compute_losses`` plus ``components[PENALTY_KEY]`` over the tasks in ``outputs``: a
+        scalar with a gradient, which the trainer passes to ``Weighting.backward(..., extra=...)``."""
         task_losses, components = super().compute_losses(outputs, batch)
         components[PENALTY_KEY] = self.sharing_penalty([t for t in self.tasks if t in outputs])
         return task_losses, components

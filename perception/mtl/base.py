@@ -20,7 +20,10 @@ class Weighting(nn.Module):
 
     The trainer's side of the contract, per step::
 
-        loss, weights = weighting.backward(task_losses, shared, present, scale, shared_features)
+        loss, weights = weighting.backward(task_losses, shared, present, scale, shared_features, extra=penalty)
+
+``extra`` is a loss of no task (the ``soft`` sharing penalty): every method adds it unweighted, so that its
+gradient reaches the parameters exactly once (gradient methods add its gradient to the combined one, once).
 
     with ``shared = weighting.shared_parameters_fn(model)`` taken once at set-up, and
     ``weighting.on_window_end()`` called at every log interval (where the trainer reads its losses anyway).
@@ -52,7 +55,8 @@ class Weighting(nn.Module):
     def backward(self, task_losses: Mapping[str, Tensor], shared_parameters: Callable[[], Iterable[nn.Parameter]],
                  present: Mapping[str, bool] | None = None,
                  scale: Callable[[Tensor], Tensor] = lambda loss: loss,
-                 shared_features: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 shared_features: Sequence[Tensor] | None = None,
+                 extra: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Backpropagate the combined loss; gradient-based methods override this.
 
         Args:
@@ -61,11 +65,13 @@ class Weighting(nn.Module):
             present: as in ``forward``.
             scale: the AMP loss scaler's ``scale`` (identity without AMP).
             shared_features: the shared representation, when ``needs_features`` is set.
+            extra: a scalar loss of no task (e.g. the soft-sharing penalty), added unweighted.
 
         Returns:
-            the combined loss (detached) and the weights to log.
+            the combined loss (detached; ``extra`` included) and the weights to log.
         """
         loss, weights = self(task_losses, present)
+        loss = with_extra(loss, extra)
         scale(loss).backward()
         return loss.detach(), weights
 
@@ -86,6 +92,11 @@ class Weighting(nn.Module):
     def active_tasks(self, task_losses: Mapping[str, Tensor], present: Mapping[str, bool] | None) -> list[str]:
         """The tasks that take part in this step, in ``self.tasks`` order."""
         return [t for t in self.tasks if t in task_losses and (present is None or present.get(t, True))]
+
+
+def with_extra(loss: Tensor | float, extra: Tensor | None) -> Tensor | float:
+    """``loss + extra``, or ``loss`` when there is no extra term."""
+    return loss if extra is None else loss + extra
 
 
 def zero_with_graph(task_losses: Mapping[str, Tensor], active: Iterable[str]) -> Tensor | float:

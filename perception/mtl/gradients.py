@@ -5,7 +5,9 @@ A gradient method needs ``g_k = dL_k/d theta`` for every active task ``k`` and e
 while the task-specific heads simply get their ordinary gradients. ``K`` backward passes through the shared trunk
 are the least that gives ``K`` separate gradients, and this is what is spent: ``K - 1`` ``autograd.grad`` calls on
 the shared parameters only, then one ordinary ``backward`` of ``sum_k L_k`` that fills the heads' gradients and
-leaves ``sum_k g_k`` in the shared parameters, from which the last task's gradient is the difference.
+leaves ``sum_k g_k`` in the shared parameters, from which the last task's gradient is the difference. A loss of no
+task (``extra``, the soft-sharing penalty) takes one more ``autograd.grad`` when it reaches the shared parameters:
+its gradient is kept apart from the tasks' and added once to the combined direction, unweighted.
 
 Mixed precision: the losses are multiplied by the AMP scale ``s`` before every backward (as ``GradScaler.scale``
 does), so the raw gradients are ``s * g_k``. They are divided by ``s`` before a method looks at them, and the
@@ -25,7 +27,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from perception.mtl.base import Weighting, zero_with_graph
+from perception.mtl.base import Weighting, with_extra, zero_with_graph
 
 
 def loss_scale_factor(scale: Callable[[Tensor], Tensor], device: torch.device) -> Tensor:
@@ -50,10 +52,11 @@ class SharedGradients:
 
     Attributes:
         grads (Tensor[K, P]): unscaled float32 gradient of each active task's loss, flattened.
-        finite (Tensor[]): bool, whether every entry of ``grads`` is finite.
+        finite (Tensor[]): bool, whether every entry of ``grads`` (and ``extra``) is finite.
         factor (Tensor[]): the AMP scale the losses were multiplied by.
         params: the shared parameters, in the order of the flattening.
         previous: their ``.grad`` before the call (gradient accumulation across micro-batches keeps it).
+        extra (Tensor[P] | None): unscaled float32 gradient of the loss of no task, if one was given.
     """
 
     grads: Tensor
@@ -61,10 +64,13 @@ class SharedGradients:
     factor: Tensor
     params: list[nn.Parameter]
     previous: list[Tensor | None]
+    extra: Tensor | None = None
 
     def write(self, direction: Tensor) -> None:
-        """Set every shared parameter's ``.grad`` to its previous value plus ``direction`` (Tensor[P], unscaled),
-        scaled back by the AMP factor; all NaN when a per-task gradient was not finite."""
+        """Set every shared parameter's ``.grad`` to its previous value plus ``direction`` (Tensor[P], unscaled)
+        plus the extra term's gradient, scaled back by the AMP factor; all NaN when a gradient was not finite."""
+        if self.extra is not None:
+            direction = direction + self.extra
         direction = masked_nan(direction, self.finite) * self.factor
         for p, prev, chunk in zip(self.params, self.previous, direction.split([p.numel() for p in self.params])):
             chunk = chunk.view_as(p).to(p.dtype)
@@ -72,21 +78,23 @@ class SharedGradients:
 
 
 def backward_with_task_gradients(task_losses: Mapping[str, Tensor], active: Sequence[str],
-                                 params: Sequence[nn.Parameter], scale: Callable[[Tensor], Tensor]
-                                 ) -> tuple[Tensor, SharedGradients]:
-    """Backpropagate ``sum_k L_k`` into everything but ``params`` and return the per-task gradients of ``params``.
+                                 params: Sequence[nn.Parameter], scale: Callable[[Tensor], Tensor],
+                                 extra: Tensor | None = None) -> tuple[Tensor, SharedGradients]:
+    """Backpropagate ``sum_k L_k (+ extra)`` into everything but ``params`` and return the per-task gradients of
+    ``params`` (and the extra term's, apart).
 
-    The heads (every parameter not in ``params``) end with their ordinary gradients; ``params`` end with their
-    ``.grad`` as before the call, ready for :meth:`SharedGradients.write`.
+    The heads (every parameter not in ``params``) end with their ordinary gradients, the extra term's included;
+    ``params`` end with their ``.grad`` as before the call, ready for :meth:`SharedGradients.write`.
 
     Args:
         task_losses: task -> scalar loss (inactive tasks are kept in the graph with zero gradient).
         active: the tasks to differentiate separately (at least one).
         params: the shared parameters.
         scale: the AMP loss scaler's ``scale`` (identity without AMP).
+        extra: a scalar loss of no task, or None.
 
     Returns:
-        the plain sum of the active losses (detached) and the per-task gradients.
+        the plain sum of the active losses and ``extra`` (detached), and the gradients.
     """
     device = task_losses[active[0]].device
     factor = loss_scale_factor(scale, device)
@@ -94,18 +102,28 @@ def backward_with_task_gradients(task_losses: Mapping[str, Tensor], active: Sequ
     for task in active[:-1]:
         per_param = torch.autograd.grad(scale(task_losses[task]), params, retain_graph=True, allow_unused=True)
         grads.append(flatten_grads(per_param, params))
+    extra_grad = None
+    if extra is not None and extra.requires_grad:
+        per_param = torch.autograd.grad(scale(extra), params, retain_graph=True, allow_unused=True)
+        extra_grad = flatten_grads(per_param, params)
     previous = [p.grad for p in params]
     for p in params:
         p.grad = None
-    total = sum(task_losses[t] for t in active) + zero_with_graph(task_losses, active)
+    total = with_extra(sum(task_losses[t] for t in active) + zero_with_graph(task_losses, active), extra)
     scale(total).backward()
     summed = flatten_grads([p.grad for p in params], params)
+    if extra_grad is not None:
+        summed = summed - extra_grad
     # The last task's gradient is what the others leave of the sum: K backward passes in all, not K + 1.
     grads.append(summed - sum(grads) if grads else summed)
     for p, prev in zip(params, previous):
         p.grad = prev
     stacked = torch.stack(grads) / factor
-    return total.detach(), SharedGradients(stacked, torch.isfinite(stacked).all(), factor, list(params), previous)
+    finite = torch.isfinite(stacked).all()
+    if extra_grad is not None:
+        extra_grad = extra_grad / factor
+        finite = finite & torch.isfinite(extra_grad).all()
+    return total.detach(), SharedGradients(stacked, finite, factor, list(params), previous, extra_grad)
 
 
 class GradientWeighting(Weighting):
@@ -142,12 +160,13 @@ class GradientWeighting(Weighting):
     def backward(self, task_losses: Mapping[str, Tensor], shared_parameters: Callable[[], Iterable[nn.Parameter]],
                  present: Mapping[str, bool] | None = None,
                  scale: Callable[[Tensor], Tensor] = lambda loss: loss,
-                 shared_features: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 shared_features: Sequence[Tensor] | None = None,
+                 extra: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         active = self.active_tasks(task_losses, present)
         params = [p for p in shared_parameters() if p.requires_grad]
         if len(active) < 2 or not params:  # nothing to combine: an ordinary backward
-            return super().backward(task_losses, shared_parameters, present, scale, shared_features)
-        total, shared = backward_with_task_gradients(task_losses, active, params, scale)
+            return super().backward(task_losses, shared_parameters, present, scale, shared_features, extra)
+        total, shared = backward_with_task_gradients(task_losses, active, params, scale, extra)
         losses = torch.stack([task_losses[t].detach().float() for t in active])
         direction, coefficients = self.combine(shared.grads, losses)
         shared.write(direction)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from perception.mtl.base import Weighting, zero_with_graph
+from perception.mtl.base import Weighting, with_extra, zero_with_graph
 from perception.mtl.gradients import loss_scale_factor
 
 _MIN_WEIGHT = 1e-3  # keeps a weight that overshoots below zero usable
@@ -78,12 +78,13 @@ class GradNorm(Weighting):
     def backward(self, task_losses: Mapping[str, Tensor], shared_parameters: Callable[[], Iterable[nn.Parameter]],
                  present: Mapping[str, bool] | None = None,
                  scale: Callable[[Tensor], Tensor] = lambda loss: loss,
-                 shared_features: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 shared_features: Sequence[Tensor] | None = None,
+                 extra: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         active = self.active_tasks(task_losses, present)
         self.renormalize(active)
         params = [p for p in shared_parameters() if p.requires_grad]
         if not active:
-            return super().backward(task_losses, shared_parameters, present, scale, shared_features)
+            return super().backward(task_losses, shared_parameters, present, scale, shared_features, extra)
         device = task_losses[active[0]].device
         factor = loss_scale_factor(scale, device)
         losses = torch.stack([task_losses[t] for t in active]).detach().float()
@@ -100,8 +101,10 @@ class GradNorm(Weighting):
             norms.append(torch.stack(squares).sum().sqrt() if squares else torch.zeros((), device=device))
         norms = torch.stack(norms) / factor
 
-        # The network: an ordinary backward of the weighted sum, the weights held constant.
+        # The network: an ordinary backward of the weighted sum (+ the unweighted extra term), the weights held
+        # constant. The extra term takes no part in the balancing: it belongs to no task.
         total, logged = self(task_losses, present)
+        total = with_extra(total, extra)
         scale(total).backward()
 
         # The weights: gradient of sum_k |w_k |g_k| - target_k|, written scaled like every other gradient.

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from perception.mtl.base import zero_with_graph
+from perception.mtl.base import with_extra, zero_with_graph
 from perception.mtl.gradients import GradientWeighting, loss_scale_factor, masked_nan
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -113,11 +113,12 @@ class MGDA(GradientWeighting):
     def backward(self, task_losses: Mapping[str, Tensor], shared_parameters: Callable[[], Iterable[nn.Parameter]],
                  present: Mapping[str, bool] | None = None,
                  scale: Callable[[Tensor], Tensor] = lambda loss: loss,
-                 shared_features: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 shared_features: Sequence[Tensor] | None = None,
+                 extra: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         active = self.active_tasks(task_losses, present)
         features = [f for f in (shared_features or []) if f.requires_grad]
         if not self.needs_features or not features or len(active) < 2:
-            return super().backward(task_losses, shared_parameters, present, scale, shared_features)
+            return super().backward(task_losses, shared_parameters, present, scale, shared_features, extra)
         factor = loss_scale_factor(scale, features[0].device)
         # Gradients of each loss with respect to the shared features: backward through the heads only.
         per_task = []
@@ -131,11 +132,16 @@ class MGDA(GradientWeighting):
         losses = torch.stack([task_losses[t].detach().float() for t in active])
         weights = self.weights_from_gram(gram, losses)
         # The shared trunk receives sum_k a_k dL_k/dZ (still scaled by the AMP factor, as the backward is):
-        # hooks replace the features' gradient during one ordinary backward that also trains the heads.
+        # hooks replace the features' gradient during one ordinary backward that also trains the heads. A loss
+        # of no task (extra) adds its own gradient unweighted: through the features here, directly elsewhere.
         combined = [masked_nan(sum(w * g[level].float() for w, g in zip(weights, per_task)), finite)
-                    .to(features[level].dtype) for level in range(len(features))]
+                    for level in range(len(features))]
+        if extra is not None and extra.requires_grad:
+            grads = torch.autograd.grad(scale(extra), features, retain_graph=True, allow_unused=True)
+            combined = [c + g.float() if g is not None else c for c, g in zip(combined, grads)]
+        combined = [c.to(f.dtype) for c, f in zip(combined, features)]
         handles = [f.register_hook(lambda grad, c=c: c) for f, c in zip(features, combined)]
-        total = sum(task_losses[t] for t in active) + zero_with_graph(task_losses, active)
+        total = with_extra(sum(task_losses[t] for t in active) + zero_with_graph(task_losses, active), extra)
         try:
             scale(total).backward()
         finally:

@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from perception.tasks.common import check_classes, default_class_names
-
-CITYSCAPES_THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+from perception.utils.cityscapes import cityscapes_instance_names
 
 
 @dataclass
@@ -39,7 +38,7 @@ class DetectionConfig:
     focal_gamma: float = 2.0
 
     def __post_init__(self) -> None:
-        self.class_names = default_class_names(self.class_names, self.num_classes, CITYSCAPES_THING_CLASSES)
+        self.class_names = default_class_names(self.class_names, self.num_classes, cityscapes_instance_names())
 
     def validate(self) -> None:
         check_classes(self.num_classes, self.class_names)

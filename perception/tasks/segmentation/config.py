@@ -4,11 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from perception.tasks.common import check_classes, default_class_names
-
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]
+from perception.utils.cityscapes import cityscapes_class_names
 
 
 @dataclass
@@ -28,7 +24,7 @@ class SegmentationConfig:
     ignore_index: int = 255
 
     def __post_init__(self) -> None:
-        self.class_names = default_class_names(self.class_names, self.num_classes, CITYSCAPES_CLASSES)
+        self.class_names = default_class_names(self.class_names, self.num_classes, cityscapes_class_names())
 
     def validate(self) -> None:
         check_classes(self.num_classes, self.class_names)
