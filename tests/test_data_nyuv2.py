@@ -1,4 +1,4 @@
-"""NYUv2 loaders: the .mat axis order, the 894 -> 40 -> 13 mapping, the MTAN and folder layouts."""
+"""NYUv2 loaders: the .mat axis order, the 894 -> 40 -> 13 mapping, the MTAN (with normals) and folder layouts."""
 from __future__ import annotations
 
 import h5py
@@ -99,6 +99,59 @@ def test_mtan_layout(tmp_path):
         ds.load(1)
     with pytest.raises(DataError, match="val: missing split folder"):
         NYUv2MTANDataset(tmp_path, "val")
+
+
+def _mtan_split(root, normal, count=1, h=4, w=5):
+    for sub in ("image", "label", "depth", "normal"):
+        (root / "train" / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        np.save(root / "train" / "image" / f"{i}.npy", np.zeros((h, w, 3), np.float32))
+        np.save(root / "train" / "label" / f"{i}.npy", np.zeros((h, w), np.float32))
+        np.save(root / "train" / "depth" / f"{i}.npy", np.ones((h, w, 1), np.float32))
+        np.save(root / "train" / "normal" / f"{i}.npy", normal)
+
+
+def test_mtan_normals_are_read_and_zeros_mark_no_normal(tmp_path):
+    normal = np.zeros((4, 5, 3), np.float32)
+    normal[..., 2] = -1.0
+    normal[1, 1] = (0.6, -0.8, 0.0)                       # unit, components summing to non-zero
+    normal[2, 2] = (0.3, 0.0, 0.4)                        # stored shorter than unit: rescaled to (0.6, 0, 0.8)
+    normal[0, :2] = 0.0                                   # no normal
+    _mtan_split(tmp_path, normal)
+    ds = NYUv2MTANDataset(tmp_path, "train")
+    assert ds.tasks == ("segmentation", "depth", "normals")   # normal/ exists: loaded by default
+    s = ds.load(0)
+    n = s["normals"]
+    assert n.shape == (4, 5, 3) and n.dtype == np.float32 and s["meta"]["files"]["normals"].endswith("0.npy")
+    np.testing.assert_array_equal(n[0, :2], 0.0)
+    np.testing.assert_allclose(n[1, 1], (0.6, -0.8, 0.0), atol=1e-6)
+    np.testing.assert_allclose(n[2, 2], (0.6, 0.0, 0.8), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(n, axis=-1)[n.any(-1)], 1.0, atol=1e-6)
+    assert "normals" not in NYUv2MTANDataset(tmp_path, "train", tasks=["segmentation", "depth"]).load(0)
+    # Through the pipeline: the zeros are the invalid pixels the normals task skips.
+    from perception.data.batch import collate
+    from perception.tasks.normals.loss import valid_normals
+
+    batch = collate([s], size_divisor=8, labels=["normals"])
+    assert valid_normals(batch.targets["normals"])[0, :4, :5].sum() == 4 * 5 - 2
+
+
+def test_mtan_without_a_normal_folder_and_bad_normal_files(tmp_path):
+    _mtan_split(tmp_path, np.zeros((4, 5, 3), np.float32))
+    for bad, message in ((np.zeros((5, 4, 3), np.float32), r"normal/0.npy: expected H x W x 3 normals matching "
+                          r"the image's 4x5, got shape \(5, 4, 3\)"),
+                         (np.zeros((3, 4, 5), np.float32), r"normal/0.npy: expected H x W x 3"),
+                         (np.zeros((4, 5, 3), np.int64), r"normal/0.npy: normals are int64, expected floats"),
+                         (np.full((4, 5, 3), np.nan, np.float32), r"normal/0.npy: normals have NaN"),
+                         (np.full((4, 5, 3), 255.0, np.float32), r"normal/0.npy: normal components reach 255")):
+        np.save(tmp_path / "train" / "normal" / "0.npy", bad)
+        with pytest.raises(DataError, match=message):
+            NYUv2MTANDataset(tmp_path, "train", tasks=["normals"]).load(0)
+    (tmp_path / "train" / "normal" / "0.npy").unlink()
+    (tmp_path / "train" / "normal").rmdir()
+    assert NYUv2MTANDataset(tmp_path, "train").tasks == ("segmentation", "depth")   # as before normals
+    with pytest.raises(DataError, match="normal: missing normal folder"):
+        NYUv2MTANDataset(tmp_path, "train", tasks=["segmentation", "normals"])
 
 
 def test_folder_layout_round_trip(tmp_path):

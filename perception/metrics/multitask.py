@@ -13,13 +13,17 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-# Metric names (the part after "task/") for which lower is better; every other metric is higher-is-better.
+from perception.tasks import TASK_TYPES
+
+# Metric names (the part after "task/") for which lower is better, besides those a registered task type's SIGNS
+# marks -1; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "abs_err", "rel_err"})
 
 
 def higher_is_better(key: str) -> bool:
     """Whether larger values of metric ``key`` (e.g. ``depth/rmse``) are better."""
-    return key.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+    name = key.rsplit("/", 1)[-1]
+    return name not in LOWER_IS_BETTER and all(cls.SIGNS.get(name, 1) > 0 for cls in TASK_TYPES.values())
 
 
 def load_metrics(path: str | os.PathLike) -> dict[str, float]:

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from perception.tasks.base import Task, settings_dict
 from perception.tasks.depth import DepthTask
 from perception.tasks.detection import DetectionTask
+from perception.tasks.normals import NormalsTask
 from perception.tasks.segmentation import SegmentationTask
 
 # The registered task types, in the order their tasks are built when ``model.tasks`` is a list.
@@ -21,6 +22,7 @@ TASK_TYPES: dict[str, type[Task]] = {cls.TYPE: cls for cls in (
     DetectionTask,
     SegmentationTask,
     DepthTask,
+    NormalsTask,
 )}
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

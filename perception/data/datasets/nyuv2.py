@@ -1,9 +1,10 @@
-"""NYUv2 (indoor scenes, segmentation and depth; no boxes) in three layouts.
+"""NYUv2 (indoor scenes, segmentation, depth and, in the MTAN layout, surface normals; no boxes) in three layouts.
 
 * ``nyuv2_mat``: the official ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5) with ``splits.mat``
   (795 train / 654 test) and the 894 -> 40 -> 13 class mappings from files the user provides.
 * ``nyuv2_mtan``: the preprocessed layout of the multi-task benchmarks (MTAN, LibMTL):
-  ``{root}/{train,val}/{image,label,depth,normal}/{i}.npy``, image float 0..1, label -1 = ignore, depth metres.
+  ``{root}/{train,val}/{image,label,depth,normal}/{i}.npy``, image float 0..1, label -1 = ignore, depth metres,
+  normal H x W x 3 in [-1, 1] (all three 0 = no normal).
 * ``nyuv2_folder``: ``{root}[/{split}]/{rgb,depth,label}/{name}.png``: depth uint16 millimetres (0 = none),
   label uint8 class ids (255 = ignore).
 """
@@ -136,13 +137,14 @@ def _class_names(num_classes: int) -> list[str]:
     return [f"nyu{i + 1}" for i in range(num_classes)]
 
 
-def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
-    """The wanted tasks that NYUv2 labels (segmentation, depth; all of them when none is wanted)."""
+def _check_tasks(tasks: Sequence[str] | None, labelled: Sequence[str] = ("segmentation", "depth"),
+                 default: Sequence[str] = ("segmentation", "depth")) -> tuple[str, ...]:
+    """The wanted tasks that the layout labels (``labelled``; ``default`` when none of them is wanted)."""
     for task in tasks or ():
         if task not in LABEL_KEYS:
             raise ValueError(f"tasks: unknown task {task!r}; expected some of {', '.join(LABEL_KEYS)}")
-    kept = tuple(t for t in ("segmentation", "depth") if t in (tasks or ()))
-    return kept or ("segmentation", "depth")
+    kept = tuple(t for t in labelled if t in (tasks or ()))
+    return kept or tuple(default)
 
 
 class NYUv2MatDataset(BaseDataset):
@@ -225,30 +227,35 @@ class NYUv2MatDataset(BaseDataset):
 
 
 class NYUv2MTANDataset(BaseDataset):
-    """The preprocessed NYUv2 of MTAN / LibMTL: ``{root}/{train,val}/{image,label,depth}/{i}.npy``.
+    """The preprocessed NYUv2 of MTAN / LibMTL: ``{root}/{train,val}/{image,label,depth,normal}/{i}.npy``.
+
+    ``normal/{i}.npy`` holds H x W x 3 surface normals in [-1, 1]; a pixel whose three values are all 0 has none
+    (the Sample's ``normals`` keeps it 0, and the others are scaled to unit length).
 
     Args:
         root: the folder holding ``train`` and ``val``.
         split: ``train`` or ``val`` (``test`` reads ``val``, as those benchmarks do).
-        tasks: which labels to load.
+        tasks: which labels to load (default: segmentation and depth, and normals when ``normal/`` exists).
     """
 
     name = "nyuv2_mtan"
+    SUBDIRS = {"segmentation": "label", "depth": "depth", "normals": "normal"}
 
     def __init__(self, root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None) -> None:
         super().__init__(root, split)
-        self.tasks = _check_tasks(tasks)
         self.classes = {"segmentation": list(NYU13_CLASSES)}
         self.dir = self._require_dir(self.root / ("val" if split == "test" else split), "split")
+        default = [t for t, sub in self.SUBDIRS.items() if t != "normals" or (self.dir / sub).is_dir()]
+        self.tasks = _check_tasks(tasks, tuple(self.SUBDIRS), default)
         image_dir = self._require_dir(self.dir / "image", "image")
-        for task, sub in (("segmentation", "label"), ("depth", "depth")):
+        for task, sub in self.SUBDIRS.items():
             if task in self.tasks:
                 self._require_dir(self.dir / sub, sub)
         files = self._require_nonempty(list(image_dir.glob("*.npy")), image_dir, "*.npy")
         self.names = sorted((p.stem for p in files), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
 
     def layout_hint(self) -> str:
-        return "{train,val}/{image,label,depth}/{i}.npy"
+        return "{train,val}/{image,label,depth,normal}/{i}.npy"
 
     def __len__(self) -> int:
         return len(self.names)
@@ -285,8 +292,30 @@ class NYUv2MTANDataset(BaseDataset):
             files["depth"] = str(dpath)
             sample["depth"] = np.ascontiguousarray(depth.reshape(depth.shape[:2]) if depth.ndim == 3 and
                                                    depth.shape[2] == 1 else depth, dtype=np.float32)
+        if "normals" in self.tasks:
+            normal, npath = self._npy("normal", name)
+            files["normals"] = str(npath)
+            sample["normals"] = _unit_normals(normal, image.shape[:2], npath)
         sample["meta"] = {"path": str(path), "dataset": self.name, "orig_size": image.shape[:2], "files": files}
         return sample
+
+
+def _unit_normals(normal: np.ndarray, size: tuple[int, int], path: Path) -> np.ndarray:
+    """An MTAN ``normal/{i}.npy`` array as unit normals (float32 H x W x 3, 0 where all three values are 0)."""
+    if normal.shape != (*size, 3):
+        raise DataError(f"{path}: expected H x W x 3 normals matching the image's {size[0]}x{size[1]}, got shape "
+                        f"{normal.shape}")
+    if not np.issubdtype(normal.dtype, np.floating):
+        raise DataError(f"{path}: normals are {normal.dtype}, expected floats in [-1, 1]")
+    normal = normal.astype(np.float32)
+    if not np.isfinite(normal).all():
+        raise DataError(f"{path}: normals have NaN or infinite values")
+    if np.abs(normal).max(initial=0.0) > 1.0 + 1e-3:
+        raise DataError(f"{path}: normal components reach {float(np.abs(normal).max()):.3g}, expected values in "
+                        "[-1, 1] (all three 0 = no normal)")
+    length = np.linalg.norm(normal, axis=-1, keepdims=True)
+    # Stored rounded, so only about unit length: rescale the valid ones, keep the zero vector for "none".
+    return np.where(length > 0, normal / np.maximum(length, 1e-12), 0.0).astype(np.float32)
 
 
 class NYUv2FolderDataset(BaseDataset):

@@ -9,7 +9,8 @@ DEFAULT_SIZES = {"train": 2000, "val": 200, "test": 200}
 
 
 class SyntheticDrivingDataset(BaseDataset):
-    """Procedural street scenes with exact labels for detection, segmentation (Cityscapes trainIds) and depth.
+    """Procedural street scenes with exact labels for detection, segmentation (Cityscapes trainIds), depth and
+    surface normals (camera frame: x right, y down, z forward; unit vectors facing the camera, 0 for the sky).
 
     Scene ``i`` of a split is a pure function of (``seed``, split, ``i``); the splits never share a scene. For tests
     and demos: train on the real datasets for real results.
@@ -25,7 +26,7 @@ class SyntheticDrivingDataset(BaseDataset):
     """
 
     name = "synthetic"
-    tasks = ("detection", "segmentation", "depth")
+    tasks = ("detection", "segmentation", "depth", "normals")
 
     def __init__(self, root: str = "", split: str = "train", num_samples: int | None = None, height: int = 256,
                  width: int = 512, seed: int = 0, density: float = 1.0) -> None:

@@ -1,4 +1,4 @@
-"""Built-in synthetic driving scenes: procedural streets with exact depth, semantic and box labels.
+"""Built-in synthetic driving scenes: procedural streets with exact depth, surface normal, semantic and box labels.
 
     sample = generate_scene(index=0, split="train", height=256, width=512)
     write_sequence_video("drive.mp4", num_frames=60, fps=10, size=(256, 512), seed=0)
@@ -39,7 +39,7 @@ def frame_to_sample(layout: SceneLayout, frame: Frame, path: str) -> dict:
     """A Sample dict (see ``perception.data.batch``) from a rendered frame."""
     height, width = frame.depth.shape
     return {"image": frame.image, "boxes": frame.boxes, "labels": frame.labels,
-            "semantic": frame.semantic.astype(np.int64), "depth": frame.depth,
+            "semantic": frame.semantic.astype(np.int64), "depth": frame.depth, "normals": frame.normals,
             "meta": {"path": path, "dataset": "synthetic", "orig_size": (height, width),
                      "camera": layout.camera.to_meta(), "files": {}}}
 
@@ -47,7 +47,8 @@ def frame_to_sample(layout: SceneLayout, frame: Frame, path: str) -> dict:
 def generate_scene(index: int, split: str = "train", seed: int = 0, height: int = 256, width: int = 512,
                    density: float = 1.0) -> dict:
     """Scene ``index`` of ``split`` as a Sample: image, boxes, labels (8 Cityscapes instance classes),
-    semantic (Cityscapes trainIds), depth (metres, 0 = sky) and meta with the camera intrinsics."""
+    semantic (Cityscapes trainIds), depth (metres, 0 = sky), normals (camera-frame unit vectors, 0 = sky) and
+    meta with the camera intrinsics."""
     layout, frame = render_frame(index, split, seed, height, width, density)
     return frame_to_sample(layout, frame, f"synthetic://{split}/{seed}/{index}")
 

@@ -1,14 +1,19 @@
-"""Ray casting of a scene layout into an image with exact depth, semantic, instance and box labels.
+"""Ray casting of a scene layout into an image with exact depth, surface normal, semantic, instance and box labels.
 
 Every pixel's ray is intersected with the ground, the side planes, the backdrop and every part; a z-buffer keeps
 the nearest hit, so occlusion is exact and every label is a property of the surface the pixel sees. Because the
 camera only pitches, ray directions are separable (X by column, Y and Z by row): the ground depth is a function of
 the row, a side plane's of the column, and a box's slab intersections are outer combinations of 1-D arrays. Parts
 are cast only inside their projected bounding rectangle. No per-pixel Python loops.
+
+Normals come from the geometry too: every plane and box face is perpendicular to a world axis, so the z-buffer
+keeps only which axis, and the normal is that axis pointing back along the ray (-sign of the ray's component);
+ellipsoids keep their exact gradient per pixel. All are rotated into the camera frame at the end.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -18,6 +23,8 @@ from perception.data.synthetic.scene import BOX, BUILDING, FENCE, PERSON, SKY, S
 
 NEAR = 0.3  # metres: parts closer than this to the camera plane are not drawn
 DARK_FACE = 0.35  # brightness of faces seen from below
+# What the normal of a pixel's surface is: perpendicular to world X, Y or Z, curved (per pixel), or none (sky).
+AXIS_X, AXIS_Y, AXIS_Z, CURVED, NO_SURFACE = 0, 1, 2, 3, 255
 
 
 @dataclass
@@ -27,6 +34,9 @@ class Frame:
     Attributes:
         image (ndarray[H, W, 3]): uint8 RGB.
         depth (ndarray[H, W]): float32 camera-frame z in metres; 0 for the sky (no measurement).
+        normals (ndarray[H, W, 3]): float32 unit surface normals in the camera frame (x right, y down, z along the
+            optical axis), pointing out of the surface towards the camera; 0 for the sky. The ground's is
+            (0, -cos(pitch), -sin(pitch)): up, i.e. towards -y.
         semantic (ndarray[H, W]): uint8 Cityscapes trainIds (the generator labels every pixel).
         instance (ndarray[H, W]): int32 index of the visible instance, -1 for stuff.
         boxes (ndarray[N, 4]): float32 xyxy pixel boxes of the visible instances that pass the size filters.
@@ -38,6 +48,7 @@ class Frame:
 
     image: np.ndarray
     depth: np.ndarray
+    normals: np.ndarray
     semantic: np.ndarray
     instance: np.ndarray
     boxes: np.ndarray
@@ -73,7 +84,9 @@ class _Buffers:
     """The z-buffer and the per-pixel surface attributes it guards.
 
     Planes write their class and material per pixel; parts only write their index into ``part`` (resolved to
-    class, material and instance once at the end), which keeps the inner loop over parts cheap.
+    class, material and instance once at the end), which keeps the inner loop over parts cheap. ``axis`` says
+    which world axis the surface's normal lies along (``CURVED``: see ``curved``, the world-frame normals of
+    ellipsoids).
     """
 
     def __init__(self, height: int, width: int, sky_mat: int) -> None:
@@ -82,18 +95,53 @@ class _Buffers:
         self.mat = np.broadcast_to(sky_mat + np.arange(height, dtype=np.int32)[:, None], (height, width)).copy()
         self.shade = np.ones((height, width), np.float32)
         self.part = np.full((height, width), -1, np.int32)
+        self.axis = np.full((height, width), NO_SURFACE, np.uint8)
+        self.curved = np.zeros((height, width, 3), np.float32)
 
-    def write(self, rows: slice, cols: slice, hit: np.ndarray, t, kind, mat, shade) -> None:
+    def write(self, rows: slice, cols: slice, hit: np.ndarray, t, kind, mat, shade, axis: int) -> None:
         """Store a plane's attributes where ``hit`` (already depth-tested) is true inside the window."""
         np.copyto(self.depth[rows, cols], t, where=hit, casting="unsafe")
         np.copyto(self.kind[rows, cols], kind, where=hit, casting="unsafe")
         np.copyto(self.mat[rows, cols], mat, where=hit, casting="unsafe")
         np.copyto(self.shade[rows, cols], shade, where=hit, casting="unsafe")
+        np.copyto(self.axis[rows, cols], axis, where=hit, casting="unsafe")
 
-    def write_part(self, rows: slice, cols: slice, hit: np.ndarray, t, part: int, shade) -> None:
+    def write_part(self, rows: slice, cols: slice, hit: np.ndarray, t, part: int, shade, axis,
+                   normal: np.ndarray | None = None) -> None:
+        """Store a part's hit; ``normal`` ([h, w, 3], world frame) for curved parts (``axis`` = ``CURVED``)."""
         np.copyto(self.depth[rows, cols], t, where=hit)
         np.copyto(self.part[rows, cols], part, where=hit, casting="unsafe")
         np.copyto(self.shade[rows, cols], shade, where=hit, casting="unsafe")
+        np.copyto(self.axis[rows, cols], axis, where=hit, casting="unsafe")
+        if normal is not None:
+            np.copyto(self.curved[rows, cols], normal, where=hit[..., None])
+
+    def normals(self, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray, pitch: float) -> np.ndarray:
+        """Unit camera-frame normals [H, W, 3] of the visible surfaces (0 where there is none).
+
+        A plane or box face perpendicular to an axis faces the camera, so its normal is that axis pointing
+        against the ray: -sign of the ray's component (dx by column; dy, dz by row; the world frame's X right,
+        Y down, Z forward). World -> camera is the pitch rotation about x (``PinholeCamera.world_to_camera``).
+        """
+        cp, sp = math.cos(pitch), math.sin(pitch)
+        rotate = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]], np.float32)  # applied as n @ rotate.T
+        # Codes 2 * axis + (ray component > 0) for the six axis-aligned normals, 6 curved, 8 none: one gather.
+        table = np.zeros((10, 3), np.float32)
+        for a in (AXIS_X, AXIS_Y, AXIS_Z):
+            table[2 * a, a], table[2 * a + 1, a] = 1.0, -1.0
+        table = table @ rotate.T
+        base = np.full(256, 8, np.uint8)
+        base[[AXIS_X, AXIS_Y, AXIS_Z, CURVED]] = (2 * AXIS_X, 2 * AXIS_Y, 2 * AXIS_Z, 6)
+        axis = self.axis
+        code = np.take(base, axis)
+        code += (axis == AXIS_X) & (dx > 0)[None, :]
+        code += (axis == AXIS_Y) & (dy > 0)[:, None]
+        code += (axis == AXIS_Z) & (dz > 0)[:, None]
+        out = np.take(table, code, axis=0)
+        curved = np.nonzero(axis == CURVED)
+        if len(curved[0]):
+            out[curved] = self.curved[curved] @ rotate.T
+        return out
 
     def resolve_parts(self, layout: SceneLayout) -> np.ndarray:
         """Class and material of the pixels whose nearest surface is a part; returns the instance map."""
@@ -129,6 +177,7 @@ def _ground(layout: SceneLayout, buf: _Buffers, dx, dy, dz, cam_z: float) -> Non
         mat[paint] = int(line_mat)
     buf.mat[rows] = mat
     buf.shade[rows] = layout.light.ground
+    buf.axis[rows] = AXIS_Y
 
 
 def _side_planes(layout: SceneLayout, buf: _Buffers, dx, dy, dz, cam_z: float) -> None:
@@ -169,7 +218,7 @@ def _side_planes(layout: SceneLayout, buf: _Buffers, dx, dy, dz, cam_z: float) -
             col_on = ((t_col * dz[rs].mean() + cam_z) / spacing) % 1.0 < 0.45
             mat[_windows(y, cam_h, floor, col_on[None, :]) & (kind == BUILDING)] = layout.window_mat
         shade = layout.light.face[2] if plane.x < 0 else layout.light.face[1]  # the face that looks at the road
-        buf.write(rs, cs, hit, t_col[None, :], kind, mat, shade)
+        buf.write(rs, cs, hit, t_col[None, :], kind, mat, shade, AXIS_X)
 
 
 def _windows(y: np.ndarray, cam_h: float, floor: float, along: np.ndarray) -> np.ndarray:
@@ -196,7 +245,7 @@ def _backdrop(layout: SceneLayout, buf: _Buffers, dx, dy, dz, cam_z: float) -> N
     spacing, floor = layout.window_size
     mat = np.take(layout.skyline_mat.astype(np.int32), seg)
     mat[_windows(y, cam_h, floor, (x / spacing) % 1.0 < 0.45)] = layout.window_mat
-    buf.write(rs, slice(None), hit, np.broadcast_to(t, hit.shape), BUILDING, mat, layout.light.face[0])
+    buf.write(rs, slice(None), hit, np.broadcast_to(t, hit.shape), BUILDING, mat, layout.light.face[0], AXIS_Z)
 
 
 def _part_windows(layout: SceneLayout, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -232,6 +281,7 @@ class _Slabs:
     rf: np.ndarray  # exit through the y and z slabs
     x_shade: np.ndarray  # [P, W] brightness of the side face a ray enters through
     r_shade: np.ndarray  # [P, H] brightness of the top / bottom / front face
+    r_axis: np.ndarray  # [P, H] the axis of the face a ray enters through when not a side: AXIS_Y or AXIS_Z
 
     @classmethod
     def compute(cls, layout: SceneLayout, lo: np.ndarray, hi: np.ndarray, dx, dy, dz) -> "_Slabs":
@@ -243,25 +293,31 @@ class _Slabs:
             tz0, tz1 = lo[:, 2:] * iz, hi[:, 2:] * iz
         tyn, tzn = np.minimum(ty0, ty1), np.minimum(tz0, tz1)
         x_shade = np.broadcast_to(np.where(dx > 0, light.face[1], light.face[2]).astype(np.float32), tx0.shape)
-        r_shade = np.where(tyn > tzn, np.where(dy > 0, light.face[3], DARK_FACE)[None, :], light.face[0])
+        through_y = tyn > tzn
+        r_shade = np.where(through_y, np.where(dy > 0, light.face[3], DARK_FACE)[None, :], light.face[0])
+        r_axis = np.where(through_y, np.uint8(AXIS_Y), np.uint8(AXIS_Z))
         return cls(np.minimum(tx0, tx1), np.maximum(tx0, tx1), np.maximum(tyn, tzn),
-                   np.minimum(np.maximum(ty0, ty1), np.maximum(tz0, tz1)), x_shade, r_shade.astype(np.float32))
+                   np.minimum(np.maximum(ty0, ty1), np.maximum(tz0, tz1)), x_shade, r_shade.astype(np.float32),
+                   r_axis)
 
 
-def _cast_box(slabs: _Slabs, p: int, win) -> tuple[np.ndarray, np.ndarray]:
-    """Depth of the first hit (inf where the ray misses) and shading inside box part ``p``'s window."""
+def _cast_box(slabs: _Slabs, p: int, win) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth of the first hit (inf where the ray misses), shading and the axis of the face hit inside box part
+    ``p``'s window."""
     r0, r1, c0, c1 = win
     txn, rn = slabs.txn[p, c0:c1][None, :], slabs.rn[p, r0:r1][:, None]
     t_near = np.maximum(txn, rn)
     miss = (t_near > np.minimum(slabs.txf[p, c0:c1][None, :], slabs.rf[p, r0:r1][:, None])) | (t_near <= 0)
     t_near[miss] = np.inf
     # The face the ray enters through: a side (x slab) or the top, bottom or front (y, z slabs).
-    shade = np.where(txn > rn, slabs.x_shade[p, c0:c1][None, :], slabs.r_shade[p, r0:r1][:, None])
-    return t_near, shade
+    side = txn > rn
+    shade = np.where(side, slabs.x_shade[p, c0:c1][None, :], slabs.r_shade[p, r0:r1][:, None])
+    axis = np.where(side, np.uint8(AXIS_X), slabs.r_axis[p, r0:r1][:, None])
+    return t_near, shade, axis
 
 
-def _cast_ellipsoid(layout: SceneLayout, lo, hi, win, dx, dy, dz) -> tuple[np.ndarray, np.ndarray]:
-    """Depth of the first hit and Lambert shading inside an ellipsoid part's window."""
+def _cast_ellipsoid(layout: SceneLayout, lo, hi, win, dx, dy, dz) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth of the first hit, Lambert shading and the unit world-frame normal inside an ellipsoid part's window."""
     r0, r1, c0, c1 = win
     light = layout.light
     # Scale to the unit sphere and solve |o + t a|^2 = 1 for the nearer root.
@@ -275,12 +331,16 @@ def _cast_ellipsoid(layout: SceneLayout, lo, hi, win, dx, dy, dz) -> tuple[np.nd
         t = (-half_b - np.sqrt(disc)) / a
     hit = (disc >= 0) & (t > 0)
     tf = np.where(hit, t, 0)
-    # Lambert with the sun on the unit-sphere normal o + t * a, plus the ambient of the scene.
-    ndot = ((o[0] + tf * ax[None, :]) * light.sun[0] + (o[1] + tf * ay[:, None]) * light.sun[1]
-            + (o[2] + tf * az[:, None]) * light.sun[2])
+    # Lambert with the sun on the unit-sphere normal u = o + t * a, plus the ambient of the scene.
+    ux, uy, uz = o[0] + tf * ax[None, :], o[1] + tf * ay[:, None], o[2] + tf * az[:, None]
+    ndot = ux * light.sun[0] + uy * light.sun[1] + uz * light.sun[2]
     ambient = float(light.face.min())
     t[~hit] = np.inf
-    return t.astype(np.float32), (ambient + (1 - ambient) * np.clip(ndot, 0, None)).astype(np.float32)
+    # The ellipsoid's own normal is the gradient of |(p - c) / r|^2, along u / r (u scaled back by the radii).
+    normal = np.stack([ux / radii[0], uy / radii[1], uz / radii[2]], axis=-1)
+    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+    return (t.astype(np.float32), (ambient + (1 - ambient) * np.clip(ndot, 0, None)).astype(np.float32),
+            normal.astype(np.float32))
 
 
 def _parts(layout: SceneLayout, buf: _Buffers, dx, dy, dz, cam_z: float,
@@ -314,13 +374,14 @@ def _parts(layout: SceneLayout, buf: _Buffers, dx, dy, dz, cam_z: float,
     for p in np.nonzero(visible)[0][np.argsort(layout.part_instance[visible], kind="stable")]:
         r0, r1, c0, c1 = wins[p]
         if layout.shape[p] == BOX:
-            t, shade = _cast_box(slabs, p, wins[p])
+            (t, shade, axis), normal = _cast_box(slabs, p, wins[p]), None
         else:
-            t, shade = _cast_ellipsoid(layout, lo[p], hi[p], wins[p], dx, dy, dz)
+            t, shade, normal = _cast_ellipsoid(layout, lo[p], hi[p], wins[p], dx, dy, dz)
+            axis = CURVED
         hit = t < buf.depth[r0:r1, c0:c1]
         if layout.emissive[p]:
             shade = np.float32(1.0 / layout.light.exposure)
-        buf.write_part(slice(r0, r1), slice(c0, c1), hit, t, p, shade)
+        buf.write_part(slice(r0, r1), slice(c0, c1), hit, t, p, shade, axis, normal)
         k = int(layout.part_instance[p])
         if k >= 0:  # the unoccluded footprint of the instance, for its visible fraction
             if k != current:
@@ -407,8 +468,9 @@ def render_layout(layout: SceneLayout, cam_z: float = 0.0, time: float = 0.0, rn
     kept = np.zeros(len(layout.instance_kind), bool)
     kept[owners] = True
     depth = np.where(buf.kind == SKY, 0, buf.depth).astype(np.float32)
+    normals = buf.normals(dx, dy, dz, cam.pitch)
     image = _shade(layout, buf, depth, rng)
     labels = layout.instance_kind[owners] - PERSON
-    return Frame(image=image, depth=depth, semantic=buf.kind, instance=instance, boxes=boxes,
+    return Frame(image=image, depth=depth, normals=normals, semantic=buf.kind, instance=instance, boxes=boxes,
                  labels=labels.astype(np.int64), box_instance=owners, instance_kind=layout.instance_kind,
                  instance_kept=kept)

@@ -1,0 +1,23 @@
+"""Settings of a surface normals task."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class NormalsConfig:
+    """Dense surface normals branch with the same 1/4-scale structure as the segmentation and depth branches.
+
+    Attributes:
+        channels: channels of the branch's conv-GN-ReLU stages.
+        loss: ``cosine`` (1 - cos of the angle between predicted and true normal, as in MTAN) or ``l1`` (the L1
+            distance between the two unit vectors), averaged over the valid pixels.
+    """
+
+    channels: int = 128
+    loss: Literal["cosine", "l1"] = "cosine"
+
+    def validate(self) -> None:
+        if self.channels <= 0:
+            raise ValueError(f"channels: got {self.channels}, expected a positive int")
