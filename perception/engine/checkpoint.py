@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -46,6 +47,21 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def _unpickling_message(path: Path, err: Exception) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load with ``weights_only=False``
+    (that would run whatever code the file carries)."""
+    text = str(err)
+    reason = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    reason = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+    found = re.match(r"Unsupported global: GLOBAL (\S+)", reason)
+    if found:
+        return (f"checkpoint {str(path)!r} was refused: it holds a pickled Python object ({found.group(1)}) "
+                "besides tensors and plain data, and unpickling such objects could run code; a checkpoint "
+                "written by tools/train.py holds none")
+    return (f"checkpoint {str(path)!r} could not be read: the file is corrupt or not a PyTorch checkpoint "
+            f"(unpickling failed{': ' + reason if reason else ''})")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (no pickled code runs) and check it is one of ours.
 
@@ -60,10 +76,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} was refused: it contains pickled objects other than tensors and plain "
-            f"data, which are not loaded because unpickling them could run code ({str(err).splitlines()[0]})"
-        ) from None
+        raise CheckpointError(_unpickling_message(path, err)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} could not be read: the file is truncated or corrupt "
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
