@@ -60,7 +60,7 @@ def mtan_config(path: Path, data_root: Path, run_dir: Path, **sections) -> Path:
         "output_dir": str(run_dir),
     }
     for key, value in sections.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
 
