@@ -152,3 +152,42 @@ def test_camera_json_errors(tmp_path):
     files[0]["camera"].write_text(json.dumps({"intrinsic": {"fx": 1.0}}))
     with pytest.raises(DataError, match="camera.json: camera JSON lacks 'extrinsic'"):
         CityscapesDataset(tmp_path, "train").load(0)
+
+
+def test_training_ignores_depth_beyond_the_heads_max_depth(tmp_path):
+    """Cityscapes' smallest disparity code p = 2 (d = 1/256 px) gives baseline * fx * 256 m: 51.2 km here, 121 km
+    with Cityscapes' camera. The depth loss treats depth beyond the head's max_depth as no measurement."""
+    import torch
+
+    from perception.config import config_from_dict
+    from perception.data import JointTransform, collate
+    from perception.models import build_model
+    from perception.models.heads.depth import DepthHead
+
+    tiny_cityscapes(tmp_path, count=1)
+    disparity_file = tmp_path / "disparity" / "train" / "aachen" / "aachen_000000_000019_disparity.png"
+    disparity = np.zeros((32, 64), np.uint16)
+    disparity[16:] = 1 + 256 * 8  # road at 25 m
+    disparity[10:20, 5:15] = 1 + 256 * 20  # car at 10 m
+    disparity[0:4, 20:40] = 2  # the smallest code stereo matching writes
+    write_png(disparity_file, disparity)
+    sample = CityscapesDataset(tmp_path, "train", tasks=["depth"]).load(0)
+    np.testing.assert_allclose(sample["depth"][0, 20], 0.2 * 1000 * 256, rtol=1e-6)
+    batch = collate([JointTransform((32, 64), train=False)(sample)])
+    capped = torch.where(batch.depth > 80, 0.0, batch.depth)
+    assert (batch.depth > 80).sum() == 4 * 20 and capped.max() == 25.0
+
+    raw = torch.randn(1, 1, 8, 16, generator=torch.Generator().manual_seed(0))
+    for loss in ("silog", "l1_log"):
+        head = DepthHead(32, 32, max_depth=80.0, loss=loss)
+        unbounded = DepthHead(32, 32, max_depth=80.0, loss=loss, loss_max_depth=1e9)
+        assert head.loss_max_depth == 80.0
+        want = head.compute_loss(raw, capped)  # as if the far pixels had no measurement
+        assert torch.equal(head.compute_loss(raw, batch.depth), want)
+        assert not torch.isclose(unbounded.compute_loss(raw, batch.depth), want)
+    # The bound is a config key of the depth head (default its max_depth).
+    cfg = config_from_dict({"model": {"tasks": ["depth"], "backbone": {"name": "test_resnet"}, "neck": {"channels": 32},
+                                      "depth": {"channels": 32, "max_depth": 80.0, "loss_max_depth": 40.0}}})
+    assert build_model(cfg.model).heads["depth"].loss_max_depth == 40.0
+    with pytest.raises(ValueError, match="loss_max_depth: got 0.0001, expected more than min_depth=0.001"):
+        config_from_dict({"model": {"depth": {"loss_max_depth": 1e-4}}})
