@@ -92,22 +92,43 @@ def crowd_boxes_from_instance_ids(instance_ids: np.ndarray, classes: dict[int, i
         classes: labelId -> detection label of the instance classes kept.
 
     Returns:
-        boxes (ndarray[K, 4] float32, xyxy pixels, x1 = last column + 1) and labels (ndarray[K] int64), by labelId
-        then in raster order of the regions' first pixels.
+        boxes (ndarray[K, 4] float32, xyxy pixels, x1 = last column + 1) and labels (ndarray[K] int64), by labelId,
+        then by top edge, then by left edge.
     """
-    counts = np.bincount(instance_ids.ravel(), minlength=1000)[:1000]  # one pass; values >= 1000 are instances
+    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    label_ids = sorted(label_id for label_id in classes if label_id < 1000)
+    if not label_ids:
+        return empty
+    # Two comparisons over the image find the window holding every candidate pixel; the rest works inside it
+    # (a full-image connected-components pass per class would cost more than reading the file).
+    window, top, left = _window(instance_ids, (instance_ids >= label_ids[0]) & (instance_ids <= label_ids[-1]))
+    if window is None:
+        return empty
     boxes, labels = [], []
-    for label_id in sorted(classes):
-        if label_id >= 1000 or counts[label_id] == 0:
+    for label_id in label_ids:
+        mask = window == label_id
+        region, y0, x0 = _window(mask, mask)
+        if region is None:
             continue
-        mask = (instance_ids == label_id).astype(np.uint8)
-        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        x, y, w, h = (stats[1:, k].astype(np.float32) for k in range(4))  # component 0 is the background
-        boxes.append(np.stack([x, y, x + w, y + h], 1))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+        x, y, w, h = (stats[1:, k].astype(np.int64) for k in range(4))  # component 0 is the background
+        x, y = x + left + x0, y + top + y0
+        order = np.lexsort((x, y))  # a fixed order, whatever order the labelling algorithm numbers them in
+        boxes.append(np.stack([x, y, x + w, y + h], 1)[order])
         labels.append(np.full(count - 1, classes[label_id], np.int64))
     if not boxes:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return empty
     return np.concatenate(boxes).astype(np.float32), np.concatenate(labels)
+
+
+def _window(array: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+    """The smallest window of ``array`` holding every True pixel of ``mask`` (same shape), and its top-left
+    corner; ``None`` if there is none."""
+    rows = np.flatnonzero(mask.any(1))
+    if len(rows) == 0:
+        return None, 0, 0
+    cols = np.flatnonzero(mask.any(0))
+    return array[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], int(rows[0]), int(cols[0])
 
 
 def boxes_from_polygons(annotation: dict, names: Sequence[str], path: Path
