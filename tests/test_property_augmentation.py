@@ -2,7 +2,7 @@
 flip, and boxes anywhere (at the borders too), every box still covers the pixels painted with its id in the mask
 and the depth, and the mask, the depth and the image stay aligned.
 
-Each box k is painted with id k + 1 in the semantic mask, depth 2 (k + 1) metres and colour COLOURS[k]; later
+Each box k (a crowd region or not) is painted with id k + 1 in the semantic mask, depth 2 (k + 1) metres and colour COLOURS[k]; later
 boxes paint over earlier ones. Masks and depth are resized with pixel-centre nearest neighbour, so a pixel carries
 id k + 1 exactly when its centre falls inside box k (where box k is visible): the box edges are exact to float
 rounding (EPS), not to a pixel.
@@ -36,7 +36,9 @@ def scenes(draw) -> dict:
         y0 = draw(st.one_of(st.just(0), st.integers(0, height - 1)))
         y1 = draw(st.one_of(st.just(height), st.integers(y0 + 1, height)))
         boxes.append((x0, y0, x1, y1))
-    return paint(height, width, boxes)
+    scene = paint(height, width, boxes)
+    scene["crowd"] = np.array([draw(st.booleans()) for _ in boxes], bool)
+    return scene
 
 
 def paint(height: int, width: int, boxes: list[tuple[int, int, int, int]]) -> dict:
@@ -82,6 +84,7 @@ def test_boxes_masks_depth_and_image_stay_aligned(scene, net_h, net_w, zoom, hfl
 
     kept = out["labels"].tolist()
     assert kept == sorted(set(kept)) and len(out["boxes"]) == len(kept)  # order and labels preserved
+    assert out["crowd"].tolist() == scene["crowd"][kept].tolist()  # crowd flags stay with their boxes
     rows, cols = np.mgrid[0:net_h, 0:net_w] + 0.5  # pixel centres
     # Nearest-neighbour resizing by s blends the image up to about s / 2 pixels on either side of an edge.
     resize = max(net_h / scene["image"].shape[0], net_w / scene["image"].shape[1]) * zoom_used
@@ -121,6 +124,7 @@ def test_evaluation_resize_keeps_every_box_and_its_pixels(scene, net_h, net_w):
     scale = np.array([w / width, h / height] * 2, np.float32)
     np.testing.assert_allclose(out["boxes"].numpy(), scene["boxes"] * scale, atol=EPS)
     assert out["labels"].tolist() == list(range(len(scene["boxes"])))
+    assert out["crowd"].tolist() == scene["crowd"].tolist()
     rows, cols = np.mgrid[0:h, 0:w] + 0.5
     for k, (x0, y0, x1, y1) in enumerate(out["boxes"].tolist()):
         painted = semantic == k + 1
