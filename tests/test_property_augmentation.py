@@ -2,10 +2,10 @@
 flip, and boxes anywhere (at the borders too), every box still covers the pixels painted with its id in the mask
 and the depth, and the mask, the depth and the image stay aligned.
 
-Each box k (a crowd region or not) is painted with id k + 1 in the semantic mask, depth 2 (k + 1) metres and colour COLOURS[k]; later
-boxes paint over earlier ones. Masks and depth are resized with pixel-centre nearest neighbour, so a pixel carries
-id k + 1 exactly when its centre falls inside box k (where box k is visible): the box edges are exact to float
-rounding (EPS), not to a pixel.
+Each box k (a crowd region or not) is painted with id k + 1 in the semantic mask, depth 2 (k + 1) metres and
+colour COLOURS[k]; later boxes paint over earlier ones. Masks and depth are resized with pixel-centre nearest
+neighbour, so a pixel carries id k + 1 exactly when its centre falls inside box k (where box k is visible): the
+box edges are exact to float rounding (EPS), not to a pixel.
 """
 from __future__ import annotations
 

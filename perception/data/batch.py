@@ -110,7 +110,8 @@ def collate(samples: Sequence[dict], size_divisor: int = 32) -> Batch:
     Padding is 0 for images and depth (no measurement) and 255 for semantic labels (ignored), so it carries no
     loss. A sample without a task's labels gets an all-ignore target and ``has[task] = False``. Boxes flagged
     ``crowd`` go to ``crowd_boxes`` / ``crowd_labels`` (on the CPU, here, so that the training step needs no
-    indexing by a mask on the device). The samples' ``skipped`` lists (bad samples replaced under ``skip_bad``) are concatenated into ``Batch.skipped``.
+    indexing by a mask on the device). The samples' ``skipped`` lists (bad samples replaced under ``skip_bad``)
+    are concatenated into ``Batch.skipped``.
     """
     if not samples:
         raise ValueError("collate: got an empty list of samples")
