@@ -145,7 +145,8 @@ class DepthConfig:
         silog_lambda: variance weight of SILog (0.85 as in BTS; 1 is fully scale invariant).
         silog_scale: multiplier of SILog (10 in BTS).
         loss_max_depth: training ignores ground truth beyond this many metres (as no measurement), the way
-            ``eval.depth_cap`` does in evaluation; ``null``: ``max_depth``, the most the head can predict.
+            ``eval.depth_cap`` does in evaluation; ``null``: ``max_depth``, the most the head can predict;
+            ``.inf``: no bound.
     """
 
     channels: int = 128
