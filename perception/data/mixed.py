@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from perception.data.batch import TASK_KEYS
+from perception.data.batch import OPTIONAL_TASK_KEYS, TASK_KEYS
 from perception.data.datasets.base import BaseDataset
 from perception.data.io import DataError, check_sample
 from perception.data.labels import LabelMap
@@ -64,7 +64,7 @@ class MixedDataset(Dataset):
 
     def _prepare(self, d: int, local: int) -> dict:
         sample = self.datasets[d].load(local)
-        keep = {"image", "meta"} | {k for t in self.dataset_tasks[d] for k in TASK_KEYS[t]}
+        keep = {"image", "meta"} | {k for t in self.dataset_tasks[d] for k in TASK_KEYS[t] + OPTIONAL_TASK_KEYS[t]}
         sample = {k: v for k, v in sample.items() if k in keep}
         sample.setdefault("meta", {})
         sample["meta"].setdefault("dataset", self.datasets[d].name)

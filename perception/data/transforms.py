@@ -63,7 +63,7 @@ class JointTransform:
         self.augment = augment or AugmentConfig()
         self.compose = A.Compose(
             self._transforms(),  # the training zoom happens before, in ``resize_sample``
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "crowd"], clip=True,
                                      filter_invalid_bboxes=True, min_visibility=self.augment.min_visibility if train
                                      else 0.0, min_width=self.augment.min_box_size if train else 0.0,
                                      min_height=self.augment.min_box_size if train else 0.0),
@@ -94,13 +94,15 @@ class JointTransform:
         """Transform a raw sample (numpy, original size) into tensors at the network's size.
 
         Args:
-            sample: ``image`` HxWx3 uint8 and any of ``semantic``, ``depth``, ``boxes`` + ``labels``, ``meta``.
+            sample: ``image`` HxWx3 uint8 and any of ``semantic``, ``depth``, ``boxes`` + ``labels`` (+ ``crowd``),
+                ``meta``.
             seed: makes the random choices a function of the seed (the training sampler passes one per sample,
                 so a resumed run repeats its augmentation exactly).
 
         Returns:
             The same keys with ``image`` Tensor[3, H, W] uint8, ``semantic`` Tensor[H, W] int64, ``depth``
-            Tensor[H, W] float32, ``boxes`` Tensor[N, 4] float32, ``labels`` Tensor[N] int64; ``meta`` gains
+            Tensor[H, W] float32, ``boxes`` Tensor[N, 4] float32, ``labels`` Tensor[N] int64, ``crowd`` Tensor[N]
+            bool (the boxes that survive keep their flags); ``meta`` gains
             ``orig_size``, ``input_size`` (the size before batch padding; also as ``image_size``), ``scale`` (the
             fit scale), and for training ``zoom`` and ``flipped``. ``meta["camera"]`` still describes the original
             image.
@@ -118,6 +120,9 @@ class JointTransform:
         boxes = np.asarray(sample.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
         inputs["bboxes"] = boxes
         inputs["labels"] = np.asarray(sample.get("labels", np.zeros(0)), np.int64).reshape(-1)
+        has_crowd = "crowd" in sample
+        inputs["crowd"] = (np.asarray(sample["crowd"], bool).reshape(-1) if has_crowd
+                           else np.zeros(len(inputs["labels"]), bool))
         zoom = 1.0
         if self.train:
             low, high = self.augment.scale
@@ -144,6 +149,8 @@ class JointTransform:
         if has_boxes:
             result["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
             result["labels"] = torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1))
+            if has_crowd:
+                result["crowd"] = torch.as_tensor(np.asarray(out["crowd"], bool).reshape(-1))
         if "skipped" in sample:
             result["skipped"] = sample["skipped"]
         return result

@@ -131,7 +131,8 @@ def evaluate_model(model: nn.Module, loader: Iterable, model_cfg: ModelConfig, e
 def update_metrics(metrics: dict[str, object], preds: dict, batch) -> None:
     """Feed one batch's predictions (at the padded input size) and labels to the accumulators."""
     if "detection" in metrics:
-        metrics["detection"].update(preds["detection"], batch.boxes, batch.labels, batch.has["detection"])
+        metrics["detection"].update(preds["detection"], batch.boxes, batch.labels, batch.has["detection"],
+                                    batch.crowd_boxes, batch.crowd_labels)
     if "segmentation" in metrics:
         metrics["segmentation"].update(preds["segmentation"], batch.semantic)
     if "depth" in metrics:

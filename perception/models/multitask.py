@@ -150,7 +150,8 @@ def build_model(cfg: ModelConfig) -> MultiTaskModel:
         else:
             d = cfg.depth
             heads[task] = DepthHead(neck.out_channels, d.channels, neck.strides[:4], d.parameterization,
-                                    d.min_depth, d.max_depth, d.loss, d.silog_lambda, d.silog_scale)
+                                    d.min_depth, d.max_depth, d.loss, d.silog_lambda, d.silog_scale,
+                                    loss_max_depth=d.loss_max_depth)
     if cfg.sharing != "hard":  # soft / cross-stitch: one trunk per task, built from this backbone
         from perception.models.sharing import build_sharing_model
 
