@@ -192,6 +192,8 @@ OPTIMIZER_KINDS = {
     "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
     "sgd_momentum_foreach": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, foreach=True),
     "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "sgd_momentum_fused": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, fused=True),
+    "sgd_nesterov_fused": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, fused=True),
     "sgd_plain": lambda p: torch.optim.SGD(p, lr=0.1),
 }
 
@@ -241,3 +243,24 @@ def test_state_is_created_when_built_and_filled_in_after_loading_a_checkpoint():
     assert torch.equal(optimizer.state[params[0]]["momentum_buffer"], torch.zeros_like(params[0]))
     with pytest.raises(ValueError, match="dampening"):
         init_optimizer_state(torch.optim.SGD(list(model.parameters())[:1], lr=0.1, momentum=0.9, dampening=0.1))
+
+
+def test_fp16_loss_scaling_backs_off_on_a_skipped_step_that_changes_nothing():
+    """fp16 needs CUDA in the trainer; TrainStep itself runs it under CPU autocast, which is enough for the
+    GradScaler's side: unscale_ and update still see the overflow, and the scale halves at every skipped step."""
+    step = _build("sgd", "fp16", "uncertainty")
+    injector = Injector(step)
+    skips, skipped_at = 0, []
+    for index in range(4):
+        before, scale = _full_state(step), step.scaler.get_scale()
+        injector.kind = "grad" if index == 2 else None
+        step(_micro_batches(index, 1), index)
+        injector.kind = None
+        if int(step.skipped_total) > skips:   # the injected NaN, or an fp16 overflow at the initial 2^16 scale
+            skips += 1
+            skipped_at.append(index)
+            _assert_same(before, _full_state(step), f"step {index}")
+            assert step.scaler.get_scale() == scale / 2
+        else:
+            assert step.scaler.get_scale() == scale
+    assert 2 in skipped_at

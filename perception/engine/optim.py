@@ -4,11 +4,12 @@ Parameter groups: weight decay only on weight matrices and conv kernels; none on
 other 1-d/scalar parameters (such as FCOS's per-level scales) or the weighting's parameters (log-variances);
 the backbone may take a learning-rate multiplier.
 
-The optimisers are torch's default (foreach on CUDA, single-tensor on CPU) implementations, not the fused ones,
-and their state is created for every parameter when they are built (:func:`init_optimizer_state`): a skipped
-step (:mod:`perception.engine.step`) then only has to put back tensors that exist, and does not depend on what a
-kernel does with a step it is told to skip (CPU fused SGD left its first momentum buffer uninitialised). AdamW
-keeps its step counters on the device on CUDA (``capturable``), so that putting them back needs no host sync.
+The optimisers are the fused implementations where the device has them, always stepped as plain optimizers: a
+skipped step is undone afterwards (:mod:`perception.engine.step`), never handed to a kernel as ``found_inf``
+(CPU fused SGD told to skip its first step left its momentum buffer uninitialised). Their state is created for
+every parameter when they are built (:func:`init_optimizer_state`), so that undoing a step only has to put back
+tensors that exist. Without a fused kernel AdamW keeps its step counters on the device (``capturable`` on CUDA),
+so that putting them back needs no host synchronisation either.
 """
 from __future__ import annotations
 
@@ -89,13 +90,18 @@ def build_optimizer(groups: Iterable[dict], cfg: TrainConfig) -> torch.optim.Opt
               for g in groups]
     on_cuda = any(p.device.type == "cuda" for g in groups for p in g["params"])
     if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                                      capturable=on_cuda)
+        make = partial(torch.optim.AdamW, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        fallback = {"capturable": on_cuda}  # step counters on the device: put back without a host sync
     elif cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                    weight_decay=cfg.weight_decay)
+        make = partial(torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                       weight_decay=cfg.weight_decay)
+        fallback = {}
     else:
         raise ValueError(f"train.optimizer: unknown {cfg.optimizer!r}; expected adamw or sgd")
+    try:
+        optimizer = make(groups, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel: the default implementation
+        optimizer = make(groups, **fallback)
     init_optimizer_state(optimizer)
     return optimizer
 

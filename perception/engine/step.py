@@ -5,6 +5,7 @@
     task_losses, parts = model.compute_losses(outputs, batch)    # {task: scalar}
     loss, weights = weighting.backward(task_losses, shared, present, scale, features)   # tasks meet here only
     (repeat over the accumulated micro-batches) -> sync gradients -> unscale -> clip -> step -> EMA
+    -> every tensor put back where the gradient norm is not finite (all on the device)
 
 Non-finite steps are skipped on the device, with no host synchronisation: before the first micro-batch's forward
 every tensor the step may change is copied into preallocated buffers (:class:`StateSnapshot`: the parameters,
