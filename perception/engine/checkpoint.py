@@ -19,6 +19,8 @@ import torch
 
 FORMAT = "perception-checkpoint"
 VERSION = 1
+# save_checkpoint's temporary file: ".<name>.<8 random characters of tempfile>.tmp" next to <name>.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.pt)\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(RuntimeError):
@@ -33,7 +35,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # see _TEMPORARY
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -60,6 +62,24 @@ def _unpickling_message(path: Path, err: Exception) -> str:
                 "written by tools/train.py holds none")
     return (f"checkpoint {str(path)!r} could not be read: the file is corrupt or not a PyTorch checkpoint "
             f"(unpickling failed{': ' + reason if reason else ''})")
+
+
+def remove_temporary_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`save_checkpoint` leaves in ``folder`` when the process is killed
+    while writing (``.last.pt.k3j_x9a2.tmp``); the checkpoints themselves are never touched.
+
+    Returns:
+        the files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from perception.config import Config, config_to_dict, save_config
-from perception.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from perception.engine.checkpoint import (load_checkpoint, remove_temporary_files, rng_state, save_checkpoint,
+                                         set_rng_state)
 from perception.engine.distributed import (DistContext, all_reduce_sum, barrier, cleanup_distributed,
                                            init_distributed)
 from perception.engine.evaluator import add_delta_m, evaluate_model, format_metrics, warn, write_metrics
 from perception.engine.model_data import check_loaders
-from perception.engine.monitor import Monitor
-from perception.engine.optim import build_lr_scheduler, build_optimizer, param_groups
+from perception.engine.monitor import Monitor, cut_log
+from perception.engine.optim import build_lr_scheduler, build_optimizer, init_optimizer_state, param_groups
 from perception.engine.step import TrainStep, make_grad_scaler, read_window
 from perception.metrics import higher_is_better, weighted_score
 from perception.models import build_model
@@ -173,6 +174,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            init_optimizer_state(self.optimizer)  # parameters that had no gradient before the checkpoint
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.weighting.load_state_dict(state["weighting"])
@@ -334,10 +336,22 @@ class Trainer:
         if resume:
             self.resume(resume)
             self._restore_bad_samples()
+        notes = []
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+            # What a killed run left behind: half-written checkpoints, and log lines past the step resumed from.
+            removed = remove_temporary_files(self.run_dir)
+            if removed:
+                notes.append(f"removed {len(removed)} temporary checkpoint file(s) left by an interrupted run: "
+                             + ", ".join(p.name for p in removed))
+            dropped = cut_log(self.run_dir / "train_log.jsonl", self.step)
+            if dropped:
+                notes.append(f"train_log.jsonl: dropped {dropped} line(s) after step {self.step}, where this run "
+                             "starts")
         self.monitor = Monitor(self.run_dir, tc.max_steps, self.step, self.ctx.is_main, tc.progress, tc.tensorboard)
+        for note in notes:
+            self.monitor.message(note)
         pin = self.device.type == "cuda"
         batches = self._batches()
         try:
