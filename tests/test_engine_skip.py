@@ -76,7 +76,9 @@ def _assert_same(before: dict, after: dict, where: str) -> None:
 
 
 def _build(optimizer: str, amp: str, weighting: str) -> TrainStep:
-    cfg = tiny_config("unused", *OPTIMIZERS[optimizer], f"train.amp={amp}", f"weighting.method={weighting}",
+    # No bound on the depth labels, so that the injected infinite label reaches the loss.
+    cfg = tiny_config("unused", "model.depth.loss_max_depth=.inf", *OPTIMIZERS[optimizer], f"train.amp={amp}",
+                      f"weighting.method={weighting}",
                       "model.detection.num_convs=1", "train.grad_clip=10", "train.max_steps=20")
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -172,7 +174,8 @@ def test_the_fp32_sgd_report_a_bad_first_batch_then_finite_weights_and_metrics(t
                     yield batch
         return FirstBad() if split == "train" else loader
 
-    cfg = tiny_config(tmp_path / "run", "train.optimizer=sgd", "train.momentum=0.9", "train.log_interval=1")
+    cfg = tiny_config(tmp_path / "run", "train.optimizer=sgd", "train.momentum=0.9", "train.log_interval=1",
+                      "model.depth.loss_max_depth=.inf")
     run_dir = train(cfg, loader_fn=first_batch_bad)
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in log if "skipped_steps" in r] == [1, 0, 0, 0, 0, 0]
