@@ -34,6 +34,7 @@ setup(
         "dev": [
             "pytest>=7.4",
             "pytest-xdist>=3.3",
+            "hypothesis>=6.0",
             "onnx>=1.15",
             "onnxruntime>=1.17",
             "onnxscript>=0.1",

@@ -8,17 +8,17 @@
 Writes {out}/{train,val}/rgb/*.png, depth/*.png (uint16 millimetres) and label/*.png (class ids, 255 = ignore);
 ``val`` holds the 654 official test images. Reading PNGs is much faster than the HDF5 file in DataLoader workers.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perception.data.datasets.nyuv2 import NYUv2MatDataset, write_nyuv2_folder  # noqa: E402
+from perception.utils.cli import run_tool, tool_parser  # noqa: E402
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv=None) -> None:
+    parser = tool_parser(__doc__)
     parser.add_argument("--mat", required=True, help="nyu_depth_v2_labeled.mat")
     parser.add_argument("--splits", default=None, help="splits.mat (default: next to --mat)")
     parser.add_argument("--mapping-40", default=None, help="894 -> 40 mapping file (classMapping40.mat)")
@@ -36,5 +36,10 @@ def main(argv=None) -> None:
         print(f"wrote {len(ds)} {split} images to {Path(args.out) / split}")
 
 
+def main(argv=None) -> int:
+    """Convert; a bad input ends with one ``error:`` line and exit code 2 (``--debug``: with the traceback)."""
+    return run_tool(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import labels as cs_labels
 
-from perception.data.datasets.cityscapes import (CityscapesDataset, boxes_from_instance_ids, disparity_to_depth)
+from perception.data.datasets.cityscapes import (CityscapesDataset, boxes_from_instance_ids,
+                                                 crowd_boxes_from_instance_ids, disparity_to_depth)
 from perception.data.io import DataError
 from perception.data.labels import cityscapes_instance_names, cityscapes_tables
 from _data_utils import tiny_cityscapes, write_png
@@ -49,6 +50,21 @@ def test_boxes_from_instance_ids_skip_crowd_and_non_instance_classes():
     assert labels.tolist() == [0, 2, 2]
 
 
+def test_group_regions_of_instance_classes_are_crowd_boxes():
+    ids = np.full((12, 16), 7, np.int32)  # road: stuff, no box
+    ids[0:3, 0:4] = 24  # a group of people
+    ids[3, 4] = 24  # touches it diagonally: the same 8-connected group
+    ids[8:11, 10:15] = 24  # another group of people, apart from the first
+    ids[5:7, 0:2] = 26  # a group of cars
+    ids[9:12, 0:3] = 30  # a trailer group: instance class without a trainId, no box
+    ids[4:6, 8:10] = 26000  # a car instance: not a group
+    boxes, labels = crowd_boxes_from_instance_ids(ids, {24: 0, 26: 2})
+    assert boxes.tolist() == [[0, 0, 5, 4], [10, 8, 15, 11], [0, 5, 2, 7]]
+    assert labels.tolist() == [0, 0, 2] and boxes.dtype == np.float32
+    empty = crowd_boxes_from_instance_ids(np.full((4, 4), 26001, np.int32), {26: 2})
+    assert empty[0].shape == (0, 4) and empty[1].shape == (0,)
+
+
 def test_loader_values(tmp_path):
     tiny_cityscapes(tmp_path, count=2)
     ds = CityscapesDataset(tmp_path, "train")
@@ -57,7 +73,9 @@ def test_loader_values(tmp_path):
     assert s["image"].shape == (32, 64, 3) and s["image"].dtype == np.uint8
     assert s["semantic"][0, 0] == 10 and s["semantic"][31, 0] == 0 and s["semantic"][12, 7] == 13
     assert s["semantic"][5, 45] == 11  # the crowd is still "person" for segmentation
-    assert s["boxes"].tolist() == [[6, 10, 16, 20]] and s["labels"].tolist() == [2]
+    # The car is a target; the crowd of people (plain id 24) is a crowd box, an ignore region of the metric.
+    assert s["boxes"].tolist() == [[6, 10, 16, 20], [40, 4, 50, 8]] and s["labels"].tolist() == [2, 0]
+    assert s["crowd"].tolist() == [False, True]
     np.testing.assert_allclose(s["depth"][31, 0], 0.2 * 1000 / 8, rtol=1e-6)
     np.testing.assert_allclose(s["depth"][12, 7], 0.2 * 1000 / 20, rtol=1e-6)
     assert s["depth"][0, 0] == 0
@@ -74,8 +92,9 @@ def test_polygon_boxes(tmp_path):
     ann = tmp_path / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_polygons.json"
     ann.write_text(json.dumps(polygons))
     s = CityscapesDataset(tmp_path, "train", boxes="polygons").load(0)
-    assert s["boxes"].tolist() == [[5, 10, 15, 20], [60, 20, 64, 32]]  # clipped to the image
-    assert s["labels"].tolist() == [2, 0]
+    # The cargroup is a crowd box of class car; the person's box is clipped to the image; road gives none.
+    assert s["boxes"].tolist() == [[5, 10, 15, 20], [0, 0, 4, 4], [60, 20, 64, 32]]
+    assert s["labels"].tolist() == [2, 2, 0] and s["crowd"].tolist() == [False, True, False]
 
 
 def test_missing_folder_named(tmp_path):
@@ -118,7 +137,9 @@ def test_exporter_round_trip_through_the_loader(tmp_path):
         np.testing.assert_array_equal(got["image"], want["image"])
         np.testing.assert_array_equal(got["semantic"], want["semantic"])
         order = lambda b, l: sorted(zip(l.tolist(), b.tolist()))  # noqa: E731
-        assert order(got["boxes"], got["labels"]) == order(want["boxes"], want["labels"])
+        # Instances written without an id (too small or occluded) come back as crowd regions, not targets.
+        targets = ~got["crowd"]
+        assert order(got["boxes"][targets], got["labels"][targets]) == order(want["boxes"], want["labels"])
         valid = got["depth"] > 0
         assert (valid == (want["depth"] > 0)).all()  # every measured pixel fits the 16-bit code
         # 1/256 px disparity quantisation: relative error <= depth / (256 * baseline * fx) / 2 (+ float rounding).
@@ -131,3 +152,42 @@ def test_camera_json_errors(tmp_path):
     files[0]["camera"].write_text(json.dumps({"intrinsic": {"fx": 1.0}}))
     with pytest.raises(DataError, match="camera.json: camera JSON lacks 'extrinsic'"):
         CityscapesDataset(tmp_path, "train").load(0)
+
+
+def test_training_ignores_depth_beyond_the_heads_max_depth(tmp_path):
+    """Cityscapes' smallest disparity code p = 2 (d = 1/256 px) gives baseline * fx * 256 m: 51.2 km here, 121 km
+    with Cityscapes' camera. The depth loss treats depth beyond the head's max_depth as no measurement."""
+    import torch
+
+    from perception.config import config_from_dict
+    from perception.data import JointTransform, collate
+    from perception.models import build_model
+    from perception.tasks.depth import DepthHead
+
+    tiny_cityscapes(tmp_path, count=1)
+    disparity_file = tmp_path / "disparity" / "train" / "aachen" / "aachen_000000_000019_disparity.png"
+    disparity = np.zeros((32, 64), np.uint16)
+    disparity[16:] = 1 + 256 * 8  # road at 25 m
+    disparity[10:20, 5:15] = 1 + 256 * 20  # car at 10 m
+    disparity[0:4, 20:40] = 2  # the smallest code stereo matching writes
+    write_png(disparity_file, disparity)
+    sample = CityscapesDataset(tmp_path, "train", tasks=["depth"]).load(0)
+    np.testing.assert_allclose(sample["depth"][0, 20], 0.2 * 1000 * 256, rtol=1e-6)
+    batch = collate([JointTransform((32, 64), train=False)(sample)])
+    capped = torch.where(batch.targets["depth"] > 80, 0.0, batch.targets["depth"])
+    assert (batch.targets["depth"] > 80).sum() == 4 * 20 and capped.max() == 25.0
+
+    raw = torch.randn(1, 1, 8, 16, generator=torch.Generator().manual_seed(0))
+    for loss in ("silog", "l1_log"):
+        head = DepthHead(32, 32, max_depth=80.0, loss=loss)
+        unbounded = DepthHead(32, 32, max_depth=80.0, loss=loss, loss_max_depth=1e9)
+        assert head.loss_max_depth == 80.0
+        want = head.compute_loss(raw, capped)  # as if the far pixels had no measurement
+        assert torch.equal(head.compute_loss(raw, batch.targets["depth"]), want)
+        assert not torch.isclose(unbounded.compute_loss(raw, batch.targets["depth"]), want)
+    # The bound is a config key of the depth head (default its max_depth).
+    cfg = config_from_dict({"model": {"tasks": ["depth"], "backbone": {"name": "test_resnet"}, "neck": {"channels": 32},
+                                      "depth": {"channels": 32, "max_depth": 80.0, "loss_max_depth": 40.0}}})
+    assert build_model(cfg.model).heads["depth"].loss_max_depth == 40.0
+    with pytest.raises(ValueError, match="loss_max_depth: got 0.0001, expected more than min_depth=0.001"):
+        config_from_dict({"model": {"depth": {"loss_max_depth": 1e-4}}})

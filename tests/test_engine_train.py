@@ -106,8 +106,10 @@ def test_non_finite_loss_stops_and_names_the_task(tmp_path):
                     yield batch
         return Poisoned() if split == "train" else loader
 
+    # No bound on the depth targets (by default the loss ignores depth beyond max_depth, infinity included), so
+    # that the infinite labels reach the loss.
     cfg = tiny_config(tmp_path / "run", "train.max_steps=20", "train.checkpoint_interval=2",
-                      "train.max_nonfinite_steps=3", "train.log_interval=2")
+                      "train.max_nonfinite_steps=3", "train.log_interval=2", "model.depth.loss_max_depth=.inf")
     with pytest.raises(NonFiniteLossError, match="depth loss") as err:
         train(cfg, loader_fn=poisoned)
     assert "last.pt" in str(err.value)

@@ -26,7 +26,7 @@ def test_heads_embedded_in_another_network_learn_and_postprocess():
     depth = torch.stack([torch.from_numpy(s["depth"]) for s in samples]).float()
     torch.manual_seed(0)
     model = example.MyNetwork(num_classes=4, width=32)
-    history = example.train(model, images, semantic, depth, steps=25)
+    history = example.train(model, images, semantic, depth, steps=40)  # 25 steps sit at 0.80, on the edge
     assert history[-1] < 0.5 * history[0]
     model.eval()
     ids, metres = model.predict(images)

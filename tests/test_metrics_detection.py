@@ -77,3 +77,60 @@ def test_images_without_detection_labels_are_skipped_and_no_detections_give_zero
                   [torch.tensor([0]), torch.zeros(0, dtype=torch.long)], has=torch.tensor([True, False]))
     assert len(metric.gts) == 1
     assert metric.compute()["detection/mAP"] == 0.0
+
+
+def _pycocotools_ap(tmp_path, gt_boxes, crowd, dt_boxes, scores):
+    """COCOeval run on json files, one image, one class."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]  # noqa: E731
+    anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": xywh(b), "area": xywh(b)[2] * xywh(b)[3],
+             "iscrowd": int(c)} for k, (b, c) in enumerate(zip(gt_boxes, crowd))]
+    dets = [{"image_id": 1, "category_id": 1, "bbox": xywh(b), "score": s} for b, s in zip(dt_boxes, scores)]
+    (tmp_path / "gt.json").write_text(json.dumps({"images": [{"id": 1, "width": 128, "height": 64}],
+                                                  "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "gt.json"))
+        ev = COCOeval(coco, coco.loadRes(str(tmp_path / "dt.json")), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    return ev.stats[0]
+
+
+# One real box and one crowd region (a group of people), a detection on each; the crowd's scores higher.
+REAL, CROWD = [10, 10, 40, 40], [60, 10, 120, 50]
+DETS, SCORES = [[10, 10, 40, 40], [70, 15, 100, 45]], [0.6, 0.9]
+
+
+def test_crowd_region_is_ignored_as_pycocotools_does(tmp_path):
+    gts = [(np.array([REAL, CROWD], np.float32), np.array([0, 0]), np.array([False, True]))]
+    preds = [(np.array(DETS, np.float32), np.array(SCORES), np.array([0, 0]))]
+    summary, per_class = coco_evaluate(gts, preds, 1)
+    assert summary["mAP"] == pytest.approx(1.0) and per_class == pytest.approx({0: 1.0})
+    assert summary["mAP"] == pytest.approx(_pycocotools_ap(tmp_path, [REAL, CROWD], [0, 1], DETS,
+                                                           SCORES))
+    # Dropping the crowd region would make the detection on it a false positive ranked first: AP 0.5.
+    dropped, _ = coco_evaluate([(np.array([REAL], np.float32), np.array([0]))], preds, 1)
+    assert dropped["mAP"] == pytest.approx(0.5)
+    # A class with crowd regions only has no AP (COCOeval's own rule), also when nothing is detected.
+    only_crowd = [(np.array([CROWD], np.float32), np.array([0]), np.array([True]))]
+    assert coco_evaluate(only_crowd, [(np.zeros((0, 4)), np.zeros(0), np.zeros(0))], 1) == ({}, {})
+
+
+def test_evaluator_feeds_the_batch_crowd_regions_to_the_metric():
+    from perception.data import collate
+    from perception.engine.evaluator import update_metrics
+    from perception.tasks import build_tasks
+
+    sample = {"image": np.zeros((64, 128, 3), np.uint8), "boxes": torch.tensor([REAL, CROWD], dtype=torch.float32),
+              "labels": torch.tensor([0, 0]), "crowd": torch.tensor([False, True])}
+    batch = collate([sample])
+    target = batch.targets["detection"]
+    assert target["boxes"][0].tolist() == [REAL] and target["crowd_boxes"][0].tolist() == [CROWD]
+    metric = DetectionMetric(1, ["person"])
+    pred = {"boxes": torch.tensor(DETS, dtype=torch.float32), "scores": torch.tensor(SCORES),
+            "labels": torch.tensor([0, 0])}
+    tasks = build_tasks({"people": {"type": "detection", "num_classes": 1, "class_names": ["person"]}})
+    update_metrics(tasks, {"people": metric}, {"people": [pred]}, batch)
+    assert metric.compute()["detection/mAP"] == pytest.approx(1.0)

@@ -39,7 +39,8 @@ def test_learned_variances_match_the_noise_of_two_regression_tasks():
 
 
 def test_classification_and_regression_optima():
-    weighting = UncertaintyWeighting(["segmentation", "depth"])      # classification c = 1, regression c = 1/2
+    weighting = UncertaintyWeighting(["segmentation", "depth"],      # classification c = 1, regression c = 1/2
+                                     task_types={"segmentation": "classification", "depth": "regression"})
     optimizer = torch.optim.Adam(weighting.parameters(), lr=0.05)
     losses = {"segmentation": torch.tensor(0.3), "depth": torch.tensor(0.3)}
     for _ in range(1000):
@@ -53,7 +54,8 @@ def test_classification_and_regression_optima():
 
 
 def test_total_matches_the_formula_and_absent_tasks_add_nothing():
-    weighting = UncertaintyWeighting(["detection", "depth"], init_log_var={"detection": 0.5, "depth": -1.0})
+    weighting = UncertaintyWeighting(["detection", "depth"], task_types={"detection": "classification"},
+                                     init_log_var={"detection": 0.5, "depth": -1.0})
     losses = {"detection": torch.tensor(2.0), "depth": torch.tensor(3.0)}
     total, weights = weighting(losses)
     expected = 1.0 * math.exp(-0.5) * 2.0 + 0.25 + 0.5 * math.exp(1.0) * 3.0 - 0.5
@@ -81,14 +83,14 @@ def test_partial_labels_train_without_nan_and_leave_absent_tasks_untouched():
                                   "detection": {"num_classes": 2, "num_convs": 1},
                                   "segmentation": {"num_classes": 4, "channels": 32}, "depth": {"channels": 32}})
     model = build_model(cfg)
-    weighting = UncertaintyWeighting(model.tasks)
+    weighting = UncertaintyWeighting(model.tasks, {name: task.LOSS_KIND for name, task in model.task_specs.items()})
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(weighting.parameters()), lr=1e-3)
     rng = np.random.default_rng(0)
     samples = [toy_scene(rng, 96, 96) for _ in range(3)]
     for s in samples:
         del s["boxes"], s["labels"]              # no image has boxes
     del samples[1]["depth"]                      # one image lacks depth
-    batch = collate(samples)
+    batch = collate(samples, labels=["detection", "segmentation", "depth"])
     assert batch.present() == {"detection": False, "segmentation": True, "depth": True}
     for step in range(5):
         outputs = model(batch.images)

@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from perception.utils.cli import run_tool, tool_parser  # noqa: E402
+
 METHODS = ["equal", "uncertainty", "dwa", "gradnorm", "rlw", "pcgrad", "mgda", "cagrad", "aligned_mtl"]
 SHARING = ["soft", "cross_stitch"]
 # The metric shown per task in the table: its type's first headline metric, except where a short run says more
@@ -34,7 +36,7 @@ TABLE_METRIC = {"detection": "mAP50"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument("--config", default="configs/synthetic_driving.yaml", help="the multi-task config")
     parser.add_argument("--steps", type=int, default=200, help="training steps of every run")
     parser.add_argument("--out", default="runs/compare", help="directory of the runs and the table")
@@ -115,7 +117,7 @@ def gain(metrics: dict, baseline: dict, signs: dict[str, int]) -> tuple[dict, li
     return (delta_m(metrics, baseline, usable) if usable else {"delta_m": float("nan")}), dropped
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
     from perception.config import load_config
     from perception.engine.evaluator import delta_m_metrics
@@ -227,6 +229,11 @@ def format_table(rows: list[dict], headline: Mapping[str, str], args: argparse.N
         lines.append("")
         lines.append(f"Left out of delta_m (single-task baseline 0): {', '.join(sorted(dropped))}.")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Compare; a user error ends with one ``error:`` line and exit code 2 (``--debug``: with the traceback)."""
+    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

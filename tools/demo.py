@@ -11,14 +11,14 @@ Nothing is downloaded: the scenes are generated. The run directory receives:
 
 The equivalent commands for your own data are printed at the end.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perception.config import ConfigError, load_config  # noqa: E402
+from perception.config import load_config  # noqa: E402
+from perception.utils.cli import run_tool, tool_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ def write_inputs(folder: Path, num_images: int, size: tuple[int, int], video_fra
     return images, video
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv=None) -> int:
+    parser = tool_parser(__doc__)
     parser.add_argument("--out", default="runs/demo", help="demo folder")
     parser.add_argument("--config", default=str(ROOT / "configs" / "synthetic_driving.yaml"))
     parser.add_argument("--images", type=int, default=6, help="unseen images to run inference on")
@@ -52,11 +52,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     train_dir = out / "train"
-    try:
-        cfg = load_config(args.config, [f"output_dir={train_dir}", *args.overrides])
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, [f"output_dir={train_dir}", *args.overrides])
 
     from perception.engine.evaluator import evaluate, format_metrics
     from perception.engine.trainer import train
@@ -100,6 +96,11 @@ def main(argv=None) -> int:
     print(f"  python tools/infer.py --checkpoint {checkpoint} --source {video} --out {pred_dir / 'video'}")
     print(f"  tensorboard --logdir {run_dir / 'tb'}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The demo; a user error ends with one ``error:`` line and exit code 2 (``--debug``: with the traceback)."""
+    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from perception.utils.cli import run_tool, tool_parser  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train.py")
     parser.add_argument("--out", required=True, help="the .onnx (or TorchScript .ts/.pt) file to write")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -57,19 +59,14 @@ def check_image(path: str | None, size: tuple[int, int]) -> np.ndarray:
     return padded.transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from perception.utils.checkpoint import CheckpointError
     from perception.inference.export import ExportModule, compare_with_torch, export_onnx, export_torchscript
     from perception.inference.loading import load_model
 
-    try:
-        loaded = load_model(args.checkpoint, args.tasks, prefer_ema=not args.no_ema)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    loaded = load_model(args.checkpoint, args.tasks, prefer_ema=not args.no_ema)
     size = tuple(args.image_size or loaded.image_size)
     size = (-(-size[0] // 32) * 32, -(-size[1] // 32) * 32)
     images = check_image(args.check_image, size)
@@ -99,6 +96,11 @@ def main(argv=None) -> int:
         print(f"error: outputs differ from PyTorch by more than {args.atol} x magnitude", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    """Export; a user error ends with one ``error:`` line and exit code 2 (``--debug``: with the traceback)."""
+    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perception.utils.checkpoint import CheckpointError  # noqa: E402
-from perception.inference.images import ImageReadError  # noqa: E402
-from perception.inference.sources import SourceError, open_source  # noqa: E402
+from perception.inference.sources import open_source  # noqa: E402
 from perception.inference.visualize import LAYOUTS  # noqa: E402
+from perception.utils.cli import EXIT_USER_ERROR, run_tool, tool_parser  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train.py")
     parser.add_argument("--source", required=True,
                         help="an image, a folder, a glob (quote it), a video file or a camera index")
@@ -52,23 +51,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
     from perception.inference.predictor import Predictor
     from perception.inference.runner import run_inference
 
-    try:
-        source = open_source(args.source)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks,
-                                              half=args.half, image_size=args.image_size,
-                                              prefer_ema=not args.no_ema, score_thresh=args.score_thresh)
-        summary = run_inference(predictor, source, args.out, layout=args.layout, raw=args.raw,
-                                batch_size=args.batch_size, visualize=not args.no_vis,
-                                value_range=tuple(args.value_range) if args.value_range else None,
-                                progress=not args.quiet, max_frames=args.max_frames)
-    except (SourceError, ImageReadError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    source = open_source(args.source)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks, half=args.half,
+                                          image_size=args.image_size, prefer_ema=not args.no_ema,
+                                          score_thresh=args.score_thresh)
+    summary = run_inference(predictor, source, args.out, layout=args.layout, raw=args.raw,
+                            batch_size=args.batch_size, visualize=not args.no_vis,
+                            value_range=tuple(args.value_range) if args.value_range else None,
+                            progress=not args.quiet, max_frames=args.max_frames)
     timing = ", ".join(f"{k} {v:.1f} ms" for k, v in summary.timings_ms.items())
     print(f"{summary.processed} frames -> {args.out}" + (f" ({timing} per frame)" if timing else ""))
     if summary.video:
@@ -80,7 +75,16 @@ def main(argv=None) -> int:
     if summary.interrupted:
         print("interrupted: the outputs written so far are complete and the video is playable", file=sys.stderr)
         return 130
+    if summary.processed == 0 and summary.skipped:
+        print(f"error: none of the {len(summary.skipped)} images of {args.source!r} could be read (each is listed "
+              "above); expected image files OpenCV decodes", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
+
+
+def main(argv=None) -> int:
+    """Run inference; a user error ends with one ``error:`` line and exit code 2 (``--debug``: the traceback)."""
+    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ LABEL_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "depth": ("depth", ("depth",)),
     "normals": ("normals", ("normals",)),
 }
+# label -> Sample keys that may come with it (detection: ``crowd``, one bool per box, a crowd / group region that
+# evaluation ignores as pycocotools' ``iscrowd`` and training leaves out).
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"detection": ("crowd",)}
 
-__all__ = ["IGNORE_INDEX", "LABEL_KEYS", "Batch", "collate", "label_types", "register_label", "sample_labels",
+__all__ = ["IGNORE_INDEX", "LABEL_KEYS", "OPTIONAL_KEYS", "Batch", "collate", "label_types", "register_label", "sample_labels",
            "sample_value"]
 
 
@@ -60,9 +63,10 @@ def label_types(labels: Sequence[str] | Mapping[str, Any] | None = None) -> dict
     return {label: label_type(label) for label in (LABEL_KEYS if labels is None else labels)}
 
 
-def sample_keys(label: str) -> tuple[str, ...]:
-    """The Sample keys that hold ``label``."""
-    return LABEL_KEYS[label][1] if label in LABEL_KEYS else (label,)
+def sample_keys(label: str, optional: bool = False) -> tuple[str, ...]:
+    """The Sample keys that hold ``label`` (with ``optional``: also those that may come with it)."""
+    keys = LABEL_KEYS[label][1] if label in LABEL_KEYS else (label,)
+    return keys + OPTIONAL_KEYS.get(label, ()) if optional else keys
 
 
 def sample_labels(sample: Mapping) -> list[str]:
@@ -75,7 +79,10 @@ def sample_value(sample: Mapping, label: str) -> Any | None:
     keys = sample_keys(label)
     if not all(k in sample for k in keys):
         return None
-    return sample[keys[0]] if len(keys) == 1 else {k: sample[k] for k in keys}
+    extra = [k for k in OPTIONAL_KEYS.get(label, ()) if k in sample]
+    if len(keys) == 1 and not extra:
+        return sample[keys[0]]
+    return {k: sample[k] for k in (*keys, *extra)}
 
 
 def _move(x: Any, fn) -> Any:

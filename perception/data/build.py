@@ -166,8 +166,14 @@ def build_dataset(data_cfg: DataConfig, split: str, tasks: Sequence[str]) -> Mix
     transform = JointTransform(data_cfg.image_size, train=split == "train", augment=data_cfg.augment,
                                labels=[t for t in LABEL_KEYS if any(t in ts for ts in ds_tasks)])
     mixed = MixedDataset(datasets, ds_tasks, label_maps, num_classes, transform, skip_bad=data_cfg.skip_bad)
-    mixed.classes = classes or {task: datasets[0].classes[task] for task in LABEL_TASKS
-                                if task in mixed.tasks and task in datasets[0].classes}
+    # A task the mix does not rename keeps the native ids of the one dataset labelling it: its names.
+    first_names: dict[str, list[str]] = {}
+    for d, t in zip(datasets, ds_tasks):
+        for task in t:
+            if task in LABEL_TASKS and task in d.classes:
+                first_names.setdefault(task, list(d.classes[task]))
+    mixed.classes = {task: classes.get(task) or first_names.get(task, []) for task in LABEL_TASKS
+                     if task in mixed.tasks and (task in classes or task in first_names)}
     mixed.weights = [c.weight for c in cfgs]
     return mixed
 

@@ -118,6 +118,11 @@ def check_sample(sample: dict, num_classes: dict[str, int] | None = None) -> dic
     if "boxes" in sample:
         sample["boxes"] = _check_boxes(sample["boxes"], sample["labels"], height, width,
                                        num_classes.get("detection"), _source(sample, "boxes"))
+        if "crowd" in sample:
+            crowd = np.asarray(sample["crowd"])
+            if crowd.shape != (len(sample["boxes"]),) or crowd.dtype != bool:
+                raise DataError(f"{_source(sample, 'boxes')}: crowd flags of shape {crowd.shape} and dtype "
+                                f"{crowd.dtype} for {len(sample['boxes'])} boxes (expected one bool per box)")
     return sample
 
 

@@ -45,6 +45,8 @@ class LabelMap:
             keep = mapped >= 0
             sample["boxes"] = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)[keep]
             sample["labels"] = mapped[keep]
+            if "crowd" in sample:
+                sample["crowd"] = np.asarray(sample["crowd"], bool).reshape(-1)[keep]
         return sample
 
 

@@ -64,7 +64,7 @@ class MixedDataset(Dataset):
 
     def _prepare(self, d: int, local: int) -> dict:
         sample = self.datasets[d].load(local)
-        keep = {"image", "meta"} | {k for t in self.dataset_tasks[d] for k in sample_keys(t)}
+        keep = {"image", "meta"} | {k for t in self.dataset_tasks[d] for k in sample_keys(t, optional=True)}
         sample = {k: v for k, v in sample.items() if k in keep}
         sample.setdefault("meta", {})
         sample["meta"].setdefault("dataset", self.datasets[d].name)

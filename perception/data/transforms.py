@@ -64,7 +64,7 @@ class JointTransform:
         self.dense = {label: f"dense_{label}" for label, cls in self.types.items() if cls.KIND == "dense"}
         self.compose = A.Compose(
             self._transforms(),  # the training zoom happens before, in ``resize_sample``
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "crowd"], clip=True,
                                      filter_invalid_bboxes=True, min_visibility=self.augment.min_visibility if train
                                      else 0.0, min_width=self.augment.min_box_size if train else 0.0,
                                      min_height=self.augment.min_box_size if train else 0.0),
@@ -119,6 +119,9 @@ class JointTransform:
         boxes = np.asarray(box_value["boxes"] if box_value else np.zeros((0, 4)), np.float32).reshape(-1, 4)
         inputs["bboxes"] = boxes
         inputs["labels"] = np.asarray(box_value["labels"] if box_value else np.zeros(0), np.int64).reshape(-1)
+        has_crowd = bool(box_value) and "crowd" in box_value
+        inputs["crowd"] = (np.asarray(box_value["crowd"], bool).reshape(-1) if has_crowd
+                           else np.zeros(len(inputs["labels"]), bool))
         zoom = 1.0
         if self.train:
             low, high = self.augment.scale
@@ -141,9 +144,11 @@ class JointTransform:
             if key in out:
                 _set_value(result, label, self.types[label].decode_dense(out[key], target_zoom, flipped))
         if box_value is not None:
-            _set_value(result, self.box_label, {
-                "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),
-                "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1))})
+            boxes_out = {"boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),
+                         "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1))}
+            if has_crowd:
+                boxes_out["crowd"] = torch.as_tensor(np.asarray(out["crowd"], bool).reshape(-1))
+            _set_value(result, self.box_label, boxes_out)
         if "skipped" in sample:
             result["skipped"] = sample["skipped"]
         return result
@@ -151,11 +156,11 @@ class JointTransform:
 
 def _set_value(sample: dict, label: str, value) -> None:
     """Store ``label``'s target under its Sample keys (the inverse of ``sample_value``)."""
-    keys = sample_keys(label)
-    if len(keys) == 1:
-        sample[keys[0]] = value
+    keys = sample_keys(label, optional=True)
+    if isinstance(value, dict):
+        sample.update({k: value[k] for k in keys if k in value})
     else:
-        sample.update({k: value[k] for k in keys})
+        sample[keys[0]] = value
 
 
 def resize_sample(inputs: dict, height: int, width: int) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -25,6 +26,13 @@ from perception.tasks import Task
 def build_metrics(tasks: Mapping[str, Task], eval_cfg: EvalConfig, device: torch.device) -> dict[str, object]:
     """One metric accumulator per task."""
     return {name: task.build_metric(eval_cfg, device) for name, task in tasks.items()}
+
+
+def warn(text: str) -> None:
+    """A line on stderr that does not break a progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 def _to_float(x):
@@ -67,6 +75,8 @@ def evaluate_model(model: nn.Module, loader: Iterable, eval_cfg: EvalConfig, dev
         for index, batch in enumerate(loader):
             if eval_cfg.max_batches and index >= eval_cfg.max_batches:
                 break
+            for reason in getattr(batch, "skipped", ()) or ():
+                warn(f"warning: skipped a bad evaluation sample (data.skip_bad): {reason}")
             batch = batch.to(device, non_blocking=True)
             images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -171,37 +181,53 @@ def write_metrics(metrics: dict[str, float], path: str | os.PathLike) -> Path:
 
 
 def evaluate(cfg, checkpoint: str | os.PathLike, baselines: Sequence[str | os.PathLike] = (),
-             output: str | os.PathLike | None = None, loader_fn=None, prefer_ema: bool = True) -> dict[str, float]:
+             output: str | os.PathLike | None = None, loader_fn=None, prefer_ema: bool = True, amp: str = "none",
+             channels_last: bool = False) -> dict[str, float]:
     """Evaluate a checkpoint on the val split of ``cfg.data``; print nothing, write metrics.json.
 
     The network is rebuilt from the config stored in the checkpoint (so that the weights fit it); data, metric
-    options and the device come from ``cfg``. The EMA weights are used when the checkpoint has them.
+    options and the device come from ``cfg``. The EMA weights are used when the checkpoint has them. The forward
+    runs in fp32 unless ``amp`` says otherwise (the training config's ``train.amp`` is not used).
 
     Args:
-        cfg: :class:`perception.config.Config` (``data``, ``eval``, ``train.device``/``amp``/``channels_last``).
+        cfg: :class:`perception.config.Config` (``data``, ``eval``, ``train.device``).
         checkpoint: a ``last.pt``/``best.pt``.
         baselines: single-task metrics.json files (added to ``cfg.eval.baselines``); with them ``delta_m``.
         output: where to write metrics.json (default: next to the checkpoint); under torchrun rank 0 writes.
         loader_fn: builds the loader (default: :func:`perception.data.build_dataloader`).
         prefer_ema: use the EMA weights when present.
+        amp: ``none`` (fp32), ``bf16`` or ``fp16`` (CUDA only) autocast of the forward.
+        channels_last: NHWC model and images.
 
     Returns:
         the metrics (the stable keys of the design, per-class values and ``delta_m`` when baselines are given).
+
+    Raises:
+        FileNotFoundError, CheckpointError: the checkpoint is missing, unreadable or does not fit its own config.
+        ConfigError: the checkpoint's classes (count or names) are not those of the val data; nothing is evaluated.
+        ValueError: ``amp`` is unknown, or ``fp16`` without CUDA.
     """
+    from perception.engine.model_data import check_loaders
     from perception.inference.loading import load_model
     from perception.utils.distributed import init_distributed
 
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp: got {amp!r}, expected one of {', '.join(AMP_DTYPES)}")
     ctx = init_distributed(cfg.train.device)
+    if amp == "fp16" and ctx.device.type != "cuda":
+        raise ValueError(f"amp=fp16 needs CUDA, and the device is {ctx.device}; use bf16 or none (fp32)")
     loaded = load_model(checkpoint, prefer_ema=prefer_ema)  # the toolkit's one checkpoint -> network loader
     model = loaded.model
-    model = model.to(ctx.device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     if loader_fn is None:
         from perception.data import build_dataloader as loader_fn
     labels = list(dict.fromkeys(task.label for task in model.task_specs.values()))
     loader = loader_fn(cfg.data, "val", labels, distributed=ctx.distributed, seed=cfg.seed)
-    metrics, _ = evaluate_model(model, loader, cfg.eval, ctx.device, cfg.train.amp, cfg.train.channels_last)
+    check_loaders(loaded.model_config, model.task_specs, {"data.val": loader}, f"checkpoint {str(checkpoint)!r}",
+                  "Evaluate it on data with its classes, or evaluate a checkpoint trained on these")
+    model = model.to(ctx.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    metrics, _ = evaluate_model(model, loader, cfg.eval, ctx.device, amp, channels_last)
     metrics = add_delta_m(metrics, [*cfg.eval.baselines, *baselines],
                           delta_m_metrics(cfg.eval, model.task_specs))
     metrics["step"] = int(loaded.step or 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -108,6 +109,33 @@ class Monitor:
         if self.log_file is not None:
             self.log_file.close()
         self.bar = self.writer = self.log_file = None
+
+
+def cut_log(path: Path, step: int) -> int:
+    """Keep the records of ``train_log.jsonl`` up to ``step`` (where a resumed run continues; 0 for a fresh
+    start) so that every step is logged once; a line cut short by a kill goes too. Rewritten atomically.
+
+    Returns:
+        the number of lines dropped.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
 
 
 def _postfix(values: Mapping[str, float]) -> str:

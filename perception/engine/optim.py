@@ -2,9 +2,14 @@
 
 Parameter groups: weight decay only on weight matrices and conv kernels; none on biases, normalisation layers,
 other 1-d/scalar parameters (such as FCOS's per-level scales) or the weighting's parameters (log-variances);
-the backbone may take a learning-rate multiplier. The optimisers are the fused implementations where the device
-has them: they take the GradScaler's ``found_inf`` on the device and skip a step with a non-finite gradient
-without a host synchronisation.
+the backbone may take a learning-rate multiplier.
+
+The optimisers are the fused implementations where the device has them, always stepped as plain optimizers: a
+skipped step is undone afterwards (:mod:`perception.engine.step`), never handed to a kernel as ``found_inf``
+(CPU fused SGD told to skip its first step left its momentum buffer uninitialised). Their state is created for
+every parameter when they are built (:func:`init_optimizer_state`), so that undoing a step only has to put back
+tensors that exist. Without a fused kernel AdamW keeps its step counters on the device (``capturable`` on CUDA),
+so that putting them back needs no host synchronisation either.
 """
 from __future__ import annotations
 
@@ -80,20 +85,60 @@ def param_groups(model: nn.Module, weighting: nn.Module | None, weight_decay: fl
 
 
 def build_optimizer(groups: Iterable[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``groups`` (``lr`` = ``cfg.lr * lr_mult``), fused where the device supports it."""
+    """AdamW or SGD over ``groups`` (``lr`` = ``cfg.lr * lr_mult``), with every parameter's state created."""
     groups = [{**g, "lr": cfg.lr * g.get("lr_mult", 1.0), "initial_lr": cfg.lr * g.get("lr_mult", 1.0)}
               for g in groups]
+    on_cuda = any(p.device.type == "cuda" for g in groups for p in g["params"])
     if cfg.optimizer == "adamw":
         make = partial(torch.optim.AdamW, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        fallback = {"capturable": on_cuda}  # step counters on the device: put back without a host sync
     elif cfg.optimizer == "sgd":
         make = partial(torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                        weight_decay=cfg.weight_decay)
+        fallback = {}
     else:
         raise ValueError(f"train.optimizer: unknown {cfg.optimizer!r}; expected adamw or sgd")
     try:
-        return make(groups, fused=True)
+        optimizer = make(groups, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel: the default implementation
-        return make(groups)
+        optimizer = make(groups, **fallback)
+    init_optimizer_state(optimizer)
+    return optimizer
+
+
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the state of every parameter that has none, exactly as AdamW/Adam or SGD create it at their first
+    step, so that the first steps are bit-identical to a stock optimizer's.
+
+    Adam(W): ``step`` 0 (float32; on the parameter's device when ``capturable`` or ``fused``, else on the CPU),
+    zero ``exp_avg``/``exp_avg_sq`` (and ``max_exp_avg_sq`` with ``amsgrad``). SGD with momentum: a zero
+    ``momentum_buffer``, whose first update ``0 * momentum + grad`` equals torch's ``buf = grad.clone()`` when
+    ``dampening`` is 0 (which the config does not change). Call it after building and after ``load_state_dict``.
+
+    Raises:
+        ValueError: an optimizer type (or SGD with dampening) whose lazy state this does not reproduce.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            has = optimizer.state.get(p, {})  # .get: an SGD without momentum keeps no entry at all
+            if isinstance(optimizer, torch.optim.Adam):  # AdamW is an Adam
+                if len(has) == 0:
+                    on_device = group["capturable"] or group["fused"]
+                    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 and not group["fused"] \
+                        else torch.float32
+                    state = optimizer.state[p]
+                    state["step"] = torch.zeros((), dtype=dtype, device=p.device if on_device else "cpu")
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif isinstance(optimizer, torch.optim.SGD):
+                if group["momentum"] != 0 and has.get("momentum_buffer") is None:
+                    if group["dampening"] != 0:
+                        raise ValueError("SGD with dampening: its first step differs from a zero momentum buffer's")
+                    optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            else:
+                raise ValueError(f"init_optimizer_state: {type(optimizer).__name__} is not supported")
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

@@ -6,13 +6,17 @@
     loss, weights = weighting.backward(task_losses, shared, present, scale, features,
                                        extra=parts.get(PENALTY_KEY))  # losses meet here only
     (repeat over the accumulated micro-batches) -> sync gradients -> unscale -> clip -> step -> EMA
+    -> every tensor put back where the gradient norm is not finite (all on the device)
 
-Non-finite steps: the step runs through ``torch.amp.GradScaler`` and a fused optimizer. The scaler checks the
-gradients for inf/NaN on the device and hands the flag to the fused kernel, which then leaves the parameters and
-its state untouched: the step is skipped without the host ever waiting for the device. A non-finite task loss
-poisons the gradient so that it is skipped the same way even if its gradient happened to be finite. Without
-fp16 the scaler's scale stays exactly 1. Counters (steps skipped, consecutive non-finite losses per task) are
-device tensors that the trainer reads at its log interval.
+Non-finite steps are skipped on the device, with no host synchronisation: before the first micro-batch's forward
+every tensor the step may change is copied into preallocated buffers (:class:`StateSnapshot`: the parameters,
+the model's buffers, which the forward updates (BatchNorm statistics), the weighting's parameters and buffers,
+the optimizer state, the EMA). The step then runs to the end whatever happens; when the global gradient norm is
+not finite (a non-finite task loss poisons one gradient, so it counts too), every tensor is put back with
+``torch.where(skip, saved, new)``. A skipped step thus changes nothing but the counters and the LR schedule, and
+does not depend on what an optimizer kernel does with a step it is told to skip. Under fp16 the GradScaler still
+unscales, and its ``update`` backs the scale off from the same inf/NaN. Counters (steps skipped, consecutive
+non-finite losses per task) are device tensors that the trainer reads at its log interval.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import math
 from typing import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from perception.data.batch import Batch
@@ -35,6 +40,61 @@ def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
     if amp == "fp16":
         return torch.amp.GradScaler(device.type)
     return torch.amp.GradScaler(device.type, init_scale=1.0, growth_interval=2 ** 30)
+
+
+class StateSnapshot:
+    """Preallocated copies of a list of tensors: :meth:`take` copies them, :meth:`restore` puts them back where a
+    0-d bool flag says so, both on the device. The buffers are reallocated only when the list's tensors change
+    (another object after ``optimizer.load_state_dict``, say)."""
+
+    def __init__(self) -> None:
+        self.live: list[Tensor] = []
+        self.saved: list[Tensor] = []
+
+    @torch.no_grad()
+    def take(self, tensors: Sequence[Tensor]) -> None:
+        """Copy ``tensors`` (the same objects every step, in the same order, or new buffers are made)."""
+        tensors = list(tensors)
+        if len(tensors) != len(self.live) or any(a is not b for a, b in zip(tensors, self.live)):
+            self.live = tensors
+            self.saved = [torch.empty_like(t, memory_format=torch.preserve_format) for t in tensors]
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)
+
+    @torch.no_grad()
+    def restore(self, skip: Tensor) -> None:
+        """Where ``skip`` (Tensor[] bool) holds, put every tensor back to what :meth:`take` copied."""
+        on = {}
+        for live, saved in zip(self.live, self.saved):
+            flag = on.get(live.device)
+            if flag is None:
+                flag = on[live.device] = skip.to(live.device)
+            torch.where(flag, saved, live, out=live)
+
+
+def step_state_tensors(module: nn.Module, weighting: nn.Module, optimizer: torch.optim.Optimizer,
+                       ema: nn.Module | None = None) -> list[Tensor]:
+    """Every tensor that one training step may change: the network's and the weighting's parameters and buffers,
+    the optimizer's per-parameter state and the EMA's parameters and buffers (each tensor once)."""
+    tensors: list[Tensor] = []
+    seen: set[int] = set()
+
+    def add(values) -> None:
+        for t in values:
+            if isinstance(t, Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                tensors.append(t)
+
+    for m in (module, weighting):
+        add(m.parameters())
+        add(m.buffers())
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            add(optimizer.state.get(p, {}).values())
+    if ema is not None:
+        add(ema.module.parameters())
+        add(ema.module.buffers())
+    return tensors
 
 
 class TrainStep:
@@ -82,6 +142,7 @@ class TrainStep:
         self.nonfinite_streak = torch.zeros(len(self.tasks), dtype=torch.int64, device=device)
         self.last_weights: dict[str, Tensor] = {}
         self._masks: dict[tuple, Tensor] = {}
+        self.snapshot = StateSnapshot()
 
     # ----------------------------------------------------------------------------------------------- statistics
     def _zero_stats(self) -> dict[str, Tensor]:
@@ -164,6 +225,8 @@ class TrainStep:
         """
         active = self.task_scheduler.select(step)
         active_mask = self._active_mask(active)
+        # Before the first forward: BatchNorm statistics and some weightings' state change already there.
+        self.snapshot.take(step_state_tensors(self.module, self.weighting, self.optimizer, self.ema))
         losses = torch.zeros(len(self.tasks), device=self.device)
         total = torch.zeros((), device=self.device)
         for micro, batch in enumerate(batches):
@@ -174,30 +237,38 @@ class TrainStep:
             total = total + loss.float() / len(batches)
         self.sync_gradients()
 
-        # A non-finite loss must skip the step even if its gradient came out finite: poison one gradient.
+        # A non-finite loss must skip the step even if its gradient came out finite: poison one gradient (on
+        # every rank: the others must skip this step too).
         loss_bad = ~torch.isfinite(losses) & active_mask                                   # [T]
+        any_bad = loss_bad.any()
+        if self.distributed:
+            any_bad = any_bad.to(torch.int32)
+            dist.all_reduce(any_bad, op=dist.ReduceOp.MAX)
+            any_bad = any_bad.bool()
         grads = [p.grad for p in self.parameters if p.grad is not None]
         if grads:
-            grads[0].add_(torch.where(loss_bad.any(), torch.nan, 0.0).to(grads[0].dtype))
+            grads[0].add_(torch.where(any_bad, torch.nan, 0.0).to(grads[0].dtype))
 
-        # Unscale (a no-op at scale 1), clip, step: the fused optimizer skips the update if found_inf.
-        self.scaler.unscale_(self.optimizer)
+        # Unscale (fp16), clip, step; then put everything back if the gradient was not finite.
+        fp16 = self.amp_dtype is torch.float16
+        if fp16:
+            self.scaler.unscale_(self.optimizer)
         if self.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip, foreach=True)
         else:
-            grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
-        self.scaler.step(self.optimizer)
-        if self.amp_dtype is torch.float16:
-            self.scaler.update()
-        else:
-            self.scaler.update(1.0)  # detection only: keep the scale exactly 1
+            grad_norm = (torch.nn.utils.get_total_norm(grads, foreach=True) if grads
+                         else torch.zeros((), device=self.device))
+        skipped = ~torch.isfinite(grad_norm) | any_bad
+        self.optimizer.step()
+        if fp16:
+            self.scaler.update()  # from unscale_'s inf/NaN flags: the scale backs off after an overflow
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update(self.module, step=step + 1)
+        self.snapshot.restore(skipped)
 
         # Statistics, all on the device.
-        skipped = ~torch.isfinite(grad_norm)
         self.skipped_total += skipped
         self.nonfinite_streak.copy_(torch.where(active_mask, (self.nonfinite_streak + 1) * loss_bad,
                                                 self.nonfinite_streak))

@@ -10,7 +10,9 @@ host synchronisation), check for runs of non-finite losses, log -> at the evalua
 from __future__ import annotations
 
 import math
+import os
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,19 +22,23 @@ import torch
 from torch import nn
 
 from perception.config import Config, config_to_dict, save_config
-from perception.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from perception.utils.distributed import (DistContext, all_reduce_sum, barrier, cleanup_distributed,
-                                           init_distributed)
+from perception.engine.checkpoint import (load_checkpoint, remove_temporary_files, rng_state, save_checkpoint,
+                                         set_rng_state)
 from perception.engine.evaluator import (add_delta_m, delta_m_metrics, evaluate_model, format_metrics,
-                                         score_weights, write_metrics)
-from perception.engine.monitor import Monitor
-from perception.engine.optim import build_lr_scheduler, build_optimizer, param_groups
+                                         score_weights, warn, write_metrics)
+from perception.engine.model_data import check_loaders
+from perception.engine.monitor import Monitor, cut_log
+from perception.engine.optim import build_lr_scheduler, build_optimizer, init_optimizer_state, param_groups
+from perception.utils.distributed import (DistContext, all_reduce_sum, barrier, cleanup_distributed,
+                                          init_distributed)
 from perception.engine.step import TrainStep, make_grad_scaler, read_window
 from perception.metrics import higher_is_better, weighted_score
 from perception.models import build_model
 from perception.mtl import build_task_scheduler, build_weighting
 
 LoaderFn = Callable[..., Any]  # (data_cfg, split, tasks, *, distributed, seed) -> DataLoader yielding Batch
+BAD_SAMPLES = "bad_samples.txt"  # one "step N: <file>: <reason>" line per sample skipped under data.skip_bad
+_BAD_SAMPLE_STEP = re.compile(r"^step (\d+): ")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,7 +91,8 @@ class Trainer:
         if tc.best_metric == "delta_m" and not cfg.eval.baselines:
             raise ValueError("train.best_metric=delta_m needs single-task metrics files in eval.baselines")
         if tc.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA; on CPU use train.amp=bf16 or none")
+            raise ValueError(f"train.amp=fp16 needs CUDA, and this run's device is {self.device} "
+                             f"(train.device={tc.device}); on the CPU use train.amp=bf16 or none")
 
         # ------------------------------------------------------------------------------------ model and method
         model = build_model(cfg.model)
@@ -126,6 +133,9 @@ class Trainer:
         labels = list(dict.fromkeys(task.label for task in specs.values()))  # what the datasets must provide
         self.train_loader = loader_fn(cfg.data, "train", labels, distributed=self.ctx.distributed, seed=cfg.seed)
         self.val_loader = loader_fn(cfg.data, "val", labels, distributed=self.ctx.distributed, seed=cfg.seed)
+        # Before the first step: a head whose classes are not the data's would train (or die) on wrong ids.
+        check_loaders(cfg.model, specs, {"data.train": self.train_loader, "data.val": self.val_loader},
+                      "the config", "Set the classes of task {task} (num_classes, class_names) to the data's")
         self.sampler = sampler_of(self.train_loader)
 
         # ---------------------------------------------------------------------------------------- position
@@ -133,6 +143,7 @@ class Trainer:
         self.epoch = 0
         self.epoch_samples = 0     # samples of the current epoch this process has consumed
         self.epoch_skipped = 0     # bad samples skipped this epoch (this process)
+        self.bad_samples = 0       # bad samples skipped in the run (this process; listed in bad_samples.txt)
         self.best_value = -math.inf
         self.best_step = -1
         self.last_metrics: dict[str, float] = {}
@@ -166,6 +177,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            init_optimizer_state(self.optimizer)  # parameters that had no gradient before the checkpoint
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.weighting.load_state_dict(state["weighting"])
@@ -175,7 +187,7 @@ class Trainer:
                              "tools/train.py holds it)") from None
         except RuntimeError as err:
             raise ValueError(f"{source}: cannot resume, its state does not fit this run's model or optimiser "
-                             f"(was it trained with another config?): {str(err).splitlines()[0]}") from None
+                             f"(was it trained with another config?): {' '.join(str(err).split()[:40])}") from None
         if self.ema is not None:
             self.ema.module.load_state_dict(state.get("ema", state["model"]))
         self.step = int(state["step"])
@@ -209,9 +221,35 @@ class Trainer:
                     self.sampler.set_start(self.epoch_samples)
             for batch in self.train_loader:
                 self.epoch_samples += len(batch)
-                self.epoch_skipped += len(getattr(batch, "skipped", ()) or ())
+                skipped = getattr(batch, "skipped", ()) or ()
+                if skipped:
+                    self._report_bad_samples(skipped)
                 yield batch
             self._end_epoch()
+
+    def _report_bad_samples(self, reasons: list[str]) -> None:
+        """Samples skipped under ``data.skip_bad`` (reported by the dataset with the batch, so also from a
+        worker): a warning on stderr now, a line each in ``bad_samples.txt``, and the count of the log."""
+        lines = [f"step {self.step + 1}: " + " ".join(str(r).split()) for r in reasons]
+        self.epoch_skipped += len(lines)
+        self.bad_samples += len(lines)
+        for line in lines:
+            warn(f"warning: skipped a bad sample (data.skip_bad): {line}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / BAD_SAMPLES, "a", encoding="utf-8") as f:  # every process appends its own
+            f.write("".join(line + "\n" for line in lines))
+
+    def _restore_bad_samples(self) -> None:
+        """After a resume: keep the bad samples of the steps up to the checkpoint (the later ones are met again)."""
+        path = self.run_dir / BAD_SAMPLES
+        if self.ctx.is_main and path.is_file():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if (m := _BAD_SAMPLE_STEP.match(line)) and int(m.group(1)) <= self.step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, path)
+            self.bad_samples = len(kept)  # the run's total so far: the others count from 0
+        barrier()
 
     def _end_epoch(self) -> None:
         skipped = all_reduce_sum(torch.tensor([self.epoch_skipped], dtype=torch.int64))
@@ -275,6 +313,8 @@ class Trainer:
         values.update(dict(zip(names, flat)))
         streak = [int(v) for v in flat[len(names):len(names) + len(self.tasks)]]
         values["skipped_total"] = int(flat[-1])
+        bad = torch.tensor([self.bad_samples], dtype=torch.int64)
+        values["bad_samples"] = int(all_reduce_sum(bad)) if self.ctx.distributed else self.bad_samples
         values["lr"] = max(self.lr_scheduler.get_last_lr())
         values["images_per_s"] = images / max(elapsed, 1e-9)
         values["steps_per_s"] = steps_done / max(elapsed, 1e-9)
@@ -297,10 +337,23 @@ class Trainer:
         tc = self.cfg.train
         if resume:
             self.resume(resume)
+            self._restore_bad_samples()
+        notes = []
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+            # What a killed run left behind: half-written checkpoints, and log lines past the step resumed from.
+            removed = remove_temporary_files(self.run_dir)
+            if removed:
+                notes.append(f"removed {len(removed)} temporary checkpoint file(s) left by an interrupted run: "
+                             + ", ".join(p.name for p in removed))
+            dropped = cut_log(self.run_dir / "train_log.jsonl", self.step)
+            if dropped:
+                notes.append(f"train_log.jsonl: dropped {dropped} line(s) after step {self.step}, where this run "
+                             "starts")
         self.monitor = Monitor(self.run_dir, tc.max_steps, self.step, self.ctx.is_main, tc.progress, tc.tensorboard)
+        for note in notes:
+            self.monitor.message(note)
         pin = self.device.type == "cuda"
         batches = self._batches()
         try:

@@ -1,9 +1,7 @@
-"""Evaluation metrics: detection (pycocotools COCO mAP), segmentation (confusion matrix), depth (Eigen et al.),
-and the multi-task gain delta_m over single-task baselines."""
-from perception.metrics.depth import DepthMetric
-from perception.metrics.detection import DetectionMetric, coco_evaluate
-from perception.metrics.multitask import delta_m, higher_is_better, load_metrics, merge_baselines, weighted_score
-from perception.metrics.segmentation import SegmentationMetric, segmentation_scores
+"""Multi-task metrics: the gain delta_m over single-task baselines, metric directions and the selection score.
 
-__all__ = ["DepthMetric", "DetectionMetric", "SegmentationMetric", "coco_evaluate", "delta_m", "higher_is_better",
-           "load_metrics", "merge_baselines", "segmentation_scores", "weighted_score"]
+Each task type's own metric lives in its folder (``perception/tasks/<type>/metric.py``).
+"""
+from perception.metrics.multitask import delta_m, higher_is_better, load_metrics, merge_baselines, weighted_score
+
+__all__ = ["delta_m", "higher_is_better", "load_metrics", "merge_baselines", "weighted_score"]

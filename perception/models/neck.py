@@ -2,15 +2,38 @@
 
 torchvision's ``FeaturePyramidNetwork`` does the top-down pathway (it resizes by the lateral's own size, so odd
 input sizes work); RetinaNet/FCOS-style P6 and P7 are added on top of P5 only when detection needs them.
+
+CPU bf16 autocast: P6 and P7 are computed in float32. oneDNN's bf16 weight-gradient kernel for AVX-512 CPUs
+(``jit_bf16:avx512_core``, torch 2.14) leaves the kernel taps that see only padding unwritten when a stride-2 3x3
+convolution gets a map one pixel wide or high, as P7 (and P6) of a small input do: the gradient of those taps is
+whatever the reused memory held (1e30, inf, NaN), and every step of the run is skipped. These two maps hold at
+most 1/4096 of the image's pixels, so float32 costs next to nothing; CUDA autocast is left as it is.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Iterator, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+
+class ExtraLevels(LastLevelP6P7):
+    """torchvision's P6/P7 block (same parameters and state-dict keys), computed in float32 under CPU autocast."""
+
+    def forward(self, p: list[Tensor], c: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        x = p[-1] if self.use_P5 else c[-1]
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                p6 = self.p6(x.float())
+                p7 = self.p7(F.relu(p6))
+        else:
+            p6 = self.p6(x)
+            p7 = self.p7(F.relu(p6))
+        return p + [p6, p7], names + ["p6", "p7"]
 
 
 class FPN(nn.Module):
@@ -30,7 +53,7 @@ class FPN(nn.Module):
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, in_strides: Sequence[int] = (4, 8, 16, 32),
                  extra_levels: bool = True) -> None:
         super().__init__()
-        extra = LastLevelP6P7(out_channels, out_channels) if extra_levels else None
+        extra = ExtraLevels(out_channels, out_channels) if extra_levels else None
         self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=extra)
         self.out_channels = out_channels
         self.strides = tuple(in_strides) + ((in_strides[-1] * 2, in_strides[-1] * 4) if extra_levels else ())

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -155,9 +156,27 @@ def dense_to_original(x: Tensor, letterbox: Letterbox) -> Tensor:
     x = x[..., :rows, :cols]  # cropping the end keeps the coordinate map; interpolate clamps at the new edge
     # recompute_scale_factor=False makes interpolate map output pixel centres through exactly these scales; the
     # tiny margin keeps floor(h * scale) from falling one pixel short of the original size through rounding.
-    out = F.interpolate(x, scale_factor=(scale_y * (1 + 1e-7), scale_x * (1 + 1e-7)), mode="bilinear",
+    scales = [scale_y * (1 + 1e-7), scale_x * (1 + 1e-7)]
+    # An axis whose output size equals its input size is copied by interpolate whatever its scale (a drift of up
+    # to a pixel across the map when the scale is just above 1): such an axis is resampled by explicit taps.
+    copied = [math.floor(n * s) == n and s != 1.0 for n, s in zip((rows, cols), scales)]
+    out = F.interpolate(x, scale_factor=[1.0 if c else s for c, s in zip(copied, scales)], mode="bilinear",
                         align_corners=False, recompute_scale_factor=False)
-    return out[..., :letterbox.height, :letterbox.width]
+    out = out[..., :letterbox.height, :letterbox.width]
+    for dim, size, scale, is_copied in ((-2, letterbox.height, scales[0], copied[0]),
+                                        (-1, letterbox.width, scales[1], copied[1])):
+        if is_copied:
+            out = _resample_axis(out, dim, size, scale)
+    return out
+
+
+def _resample_axis(x: Tensor, dim: int, size: int, scale: float) -> Tensor:
+    """1-D bilinear resampling of ``x`` along ``dim`` to ``size`` (the taps of :func:`_linear_taps`)."""
+    i0, i1, w1 = (torch.from_numpy(a).to(x.device) for a in _linear_taps(size, x.shape[dim], scale))
+    shape = [1] * x.ndim
+    shape[dim] = size
+    w1 = w1.to(x.dtype).reshape(shape)
+    return x.index_select(dim, i0) * (1 - w1) + x.index_select(dim, i1) * w1
 
 
 def _linear_taps(out_size: int, in_size: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

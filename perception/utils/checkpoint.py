@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 
 FORMAT = "perception-checkpoint"
 VERSION = 1
+# save_checkpoint's temporary file: ".<name>.<8 random characters of tempfile>.tmp" next to <name>.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.pt)\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(RuntimeError):
@@ -35,7 +38,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # see _TEMPORARY
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -47,6 +50,39 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+def _unpickling_message(path: Path, err: Exception) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load with ``weights_only=False``
+    (that would run whatever code the file carries)."""
+    text = str(err)
+    reason = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    reason = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+    found = re.match(r"Unsupported global: GLOBAL (\S+)", reason)
+    if found:
+        return (f"checkpoint {str(path)!r} was refused: it holds a pickled Python object ({found.group(1)}) "
+                "besides tensors and plain data, and unpickling such objects could run code; a checkpoint "
+                "written by tools/train.py holds none")
+    return (f"checkpoint {str(path)!r} could not be read: the file is corrupt or not a PyTorch checkpoint "
+            f"(unpickling failed{': ' + reason if reason else ''})")
+
+
+def remove_temporary_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`save_checkpoint` leaves in ``folder`` when the process is killed
+    while writing (``.last.pt.k3j_x9a2.tmp``); the checkpoints themselves are never touched.
+
+    Returns:
+        the files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -63,10 +99,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} was refused: it contains pickled objects other than tensors and plain "
-            f"data, which are not loaded because unpickling them could run code ({str(err).splitlines()[0]})"
-        ) from None
+        raise CheckpointError(_unpickling_message(path, err)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} could not be read: the file is truncated or corrupt "
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None

@@ -3,10 +3,14 @@
     {root}/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
     {root}/gtFine/{split}/{city}/..._gtFine_labelIds.png      uint8 labelIds
     {root}/gtFine/{split}/{city}/..._gtFine_instanceIds.png   uint16: labelId * 1000 + k per instance, the plain
-                                                              labelId (< 1000) for crowd and stuff regions
+                                                              labelId (< 1000) for crowd (group) and stuff regions
     {root}/gtFine/{split}/{city}/..._gtFine_polygons.json     polygons (optional source of boxes)
     {root}/disparity/{split}/{city}/..._disparity.png         uint16 p: disparity d = (p - 1) / 256, p = 0 invalid
     {root}/camera/{split}/{city}/..._camera.json              extrinsic.baseline (m), intrinsic.fx (px)
+
+Group regions (an instance class's pixels without an instance id, or a ``*group`` polygon) become boxes with
+``crowd = True``: the official evaluation ignores predictions on them, and so does the COCO metric given them as
+``iscrowd`` regions; they are no training targets.
 
 Label tables come from cityscapesscripts (``perception.data.labels``), not a retyped copy.
 """
@@ -16,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from perception.data.datasets.base import BaseDataset
@@ -73,23 +78,79 @@ def boxes_from_instance_ids(instance_ids: np.ndarray, classes: dict[int, int]) -
     return boxes.astype(np.float32), labels
 
 
-def boxes_from_polygons(annotation: dict, names: Sequence[str], path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the instance-class objects of a ``*_gtFine_polygons.json`` (group labels such as ``cargroup`` are
-    crowd regions and give no box; deleted objects are skipped)."""
-    height, width = int(annotation["imgHeight"]), int(annotation["imgWidth"])
+def crowd_boxes_from_instance_ids(instance_ids: np.ndarray, classes: dict[int, int]
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the group (crowd) regions in a Cityscapes instanceIds image.
+
+    A group region is a set of pixels whose value is the plain labelId (below 1000) of an instance class: a crowd
+    too dense to split into instances. Each 8-connected region gives one box, so two groups apart in the image do
+    not make one box spanning both.
+
+    Args:
+        instance_ids (ndarray[H, W]): as in :func:`boxes_from_instance_ids`.
+        classes: labelId -> detection label of the instance classes kept.
+
+    Returns:
+        boxes (ndarray[K, 4] float32, xyxy pixels, x1 = last column + 1) and labels (ndarray[K] int64), by labelId,
+        then by top edge, then by left edge.
+    """
+    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    label_ids = sorted(label_id for label_id in classes if label_id < 1000)
+    if not label_ids:
+        return empty
+    # Two comparisons over the image find the window holding every candidate pixel; the rest works inside it
+    # (a full-image connected-components pass per class would cost more than reading the file).
+    window, top, left = _window(instance_ids, (instance_ids >= label_ids[0]) & (instance_ids <= label_ids[-1]))
+    if window is None:
+        return empty
     boxes, labels = [], []
+    for label_id in label_ids:
+        mask = window == label_id
+        region, y0, x0 = _window(mask, mask)
+        if region is None:
+            continue
+        count, _, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+        x, y, w, h = (stats[1:, k].astype(np.int64) for k in range(4))  # component 0 is the background
+        x, y = x + left + x0, y + top + y0
+        order = np.lexsort((x, y))  # a fixed order, whatever order the labelling algorithm numbers them in
+        boxes.append(np.stack([x, y, x + w, y + h], 1)[order])
+        labels.append(np.full(count - 1, classes[label_id], np.int64))
+    if not boxes:
+        return empty
+    return np.concatenate(boxes).astype(np.float32), np.concatenate(labels)
+
+
+def _window(array: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+    """The smallest window of ``array`` holding every True pixel of ``mask`` (same shape), and its top-left
+    corner; ``None`` if there is none."""
+    rows = np.flatnonzero(mask.any(1))
+    if len(rows) == 0:
+        return None, 0, 0
+    cols = np.flatnonzero(mask.any(0))
+    return array[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], int(rows[0]), int(cols[0])
+
+
+def boxes_from_polygons(annotation: dict, names: Sequence[str], path: Path
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes of the instance-class objects of a ``*_gtFine_polygons.json``, with crowd flags: a group label such
+    as ``cargroup`` gives a crowd box of its class; deleted objects and other labels are skipped."""
+    height, width = int(annotation["imgHeight"]), int(annotation["imgWidth"])
+    boxes, labels, crowd = [], [], []
     for obj in annotation.get("objects", []):
-        if obj.get("deleted") or obj.get("label") not in names:
+        label = obj.get("label")
+        group = isinstance(label, str) and label.endswith("group") and label[:-len("group")] in names
+        if obj.get("deleted") or (label not in names and not group):
             continue
         points = np.asarray(obj.get("polygon", []), np.float32).reshape(-1, 2)
         if len(points) == 0:
-            raise DataError(f"{path}: object {obj['label']!r} has an empty polygon")
+            raise DataError(f"{path}: object {label!r} has an empty polygon")
         # Vertices are pixel coordinates that the rasteriser fills inclusively: the box ends one pixel after.
         x0, y0 = np.clip(points.min(0), 0, None)
         x1, y1 = np.minimum(points.max(0) + 1, (width, height))
         boxes.append((x0, y0, x1, y1))
-        labels.append(names.index(obj["label"]))
-    return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+        labels.append(names.index(label[:-len("group")] if group else label))
+        crowd.append(group)
+    return (np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), np.array(crowd, bool))
 
 
 class CityscapesDataset(BaseDataset):
@@ -156,7 +217,7 @@ class CityscapesDataset(BaseDataset):
             sample["semantic"] = self.semantic(files["semantic"])
         if "detection" in self.tasks:
             box_file = files["instance"] if self.boxes_from == "instanceIds" else files["polygons"]
-            sample["boxes"], sample["labels"] = self.read_boxes(box_file)
+            sample["boxes"], sample["labels"], sample["crowd"] = self.read_boxes(box_file)
         camera = None
         if "depth" in self.tasks:
             camera = self.camera(files["camera"])
@@ -177,7 +238,8 @@ class CityscapesDataset(BaseDataset):
             raise DataError(f"{path}: labelIds {bad[:10].tolist()} are not in the Cityscapes label table")
         return self.lut[ids]
 
-    def read_boxes(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def read_boxes(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes, labels and crowd flags: the instances, then the group regions."""
         if self.boxes_from == "polygons":
             return boxes_from_polygons(read_json(path, "polygons"), self.classes["detection"], path)
         ids = read_label_image(path, "instance", np.uint16)
@@ -186,7 +248,10 @@ class CityscapesDataset(BaseDataset):
         bad = label_ids[(label_ids > 255) | (self.lut[np.minimum(label_ids, 255)] < 0)]
         if len(bad):
             raise DataError(f"{path}: instance labelIds {bad[:10].tolist()} are not in the Cityscapes label table")
-        return boxes_from_instance_ids(ids, self.instance_classes)
+        boxes, labels = boxes_from_instance_ids(ids, self.instance_classes)
+        crowd_boxes, crowd_labels = crowd_boxes_from_instance_ids(ids, self.instance_classes)
+        crowd = np.r_[np.zeros(len(boxes), bool), np.ones(len(crowd_boxes), bool)]
+        return np.concatenate([boxes, crowd_boxes]), np.concatenate([labels, crowd_labels]), crowd
 
     @staticmethod
     def camera(path: Path) -> dict:

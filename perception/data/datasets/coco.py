@@ -1,7 +1,8 @@
 """Detection labels from any COCO-format json and its image folder (read with pycocotools).
 
-Category ids are mapped to contiguous labels in increasing id order; crowd annotations (``iscrowd = 1``) are not
-targets. With ``class_map`` in the dataset's config, its category names map onto the mix's detection classes, so a
+Category ids are mapped to contiguous labels in increasing id order; crowd annotations (``iscrowd = 1``) come with
+``crowd = True``: they are no training targets, and the metric keeps them as the ignore regions COCOeval makes of
+them. With ``class_map`` in the dataset's config, its category names map onto the mix's detection classes, so a
 COCO-style set can add boxes to a Cityscapes + NYUv2 mix.
 """
 from __future__ import annotations
@@ -67,14 +68,15 @@ class COCODetectionDataset(BaseDataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def targets(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """xyxy boxes and contiguous labels of an image's non-crowd annotations of the kept categories."""
-        anns = [a for a in self.coco.imgToAnns.get(image_id, [])
-                if not a.get("iscrowd", 0) and a["category_id"] in self.cat_to_label]
+    def targets(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """xyxy boxes, contiguous labels and crowd flags (``iscrowd``) of an image's annotations of the kept
+        categories, in file order."""
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if a["category_id"] in self.cat_to_label]
         xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
         labels = np.array([self.cat_to_label[a["category_id"]] for a in anns], np.int64)
-        return boxes, labels
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
+        return boxes, labels, crowd
 
     def load(self, index: int) -> dict:
         info = self.coco.imgs[self.image_ids[index]]
@@ -83,8 +85,8 @@ class COCODetectionDataset(BaseDataset):
         if "height" in info and "width" in info and (info["height"], info["width"]) != image.shape[:2]:
             raise DataError(f"{path}: image is {image.shape[0]}x{image.shape[1]} but {self.annotation_file} says "
                             f"{info['height']}x{info['width']}")
-        boxes, labels = self.targets(info["id"])
+        boxes, labels, crowd = self.targets(info["id"])
         where = f"{self.annotation_file} (image id {info['id']}, {info['file_name']})"
-        return {"image": image, "boxes": boxes, "labels": labels,
+        return {"image": image, "boxes": boxes, "labels": labels, "crowd": crowd,
                 "meta": {"path": str(path), "dataset": self.name, "orig_size": image.shape[:2], "image_id": info["id"],
                          "files": {"image": str(path), "boxes": where}}}

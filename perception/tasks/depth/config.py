@@ -18,6 +18,9 @@ class DepthConfig:
         loss: ``silog`` (scale-invariant log loss, Eigen et al. 2014, as in BTS) or ``l1_log``.
         silog_lambda: variance weight of SILog (0.85 as in BTS; 1 is fully scale invariant).
         silog_scale: multiplier of SILog (10 in BTS).
+        loss_max_depth: training ignores ground truth beyond this many metres (as no measurement), the way
+            ``eval.depth_cap`` does in evaluation; ``null``: ``max_depth``, the most the head can predict;
+            ``.inf``: no bound.
     """
 
     channels: int = 128
@@ -27,10 +30,14 @@ class DepthConfig:
     loss: Literal["silog", "l1_log"] = "silog"
     silog_lambda: float = 0.85
     silog_scale: float = 10.0
+    loss_max_depth: float | None = None
 
     def validate(self) -> None:
         if not 0 < self.min_depth < self.max_depth:
             raise ValueError(f"min_depth/max_depth: got {self.min_depth}/{self.max_depth}, "
                              "expected 0 < min_depth < max_depth")
+        if self.loss_max_depth is not None and not self.loss_max_depth > self.min_depth:
+            raise ValueError(f"loss_max_depth: got {self.loss_max_depth}, expected more than "
+                             f"min_depth={self.min_depth} (or null: max_depth)")
         if not 0.0 <= self.silog_lambda <= 1.0:
             raise ValueError(f"silog_lambda: got {self.silog_lambda}, expected a value in [0, 1]")

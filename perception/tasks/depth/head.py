@@ -29,12 +29,14 @@ class DepthHead(nn.Module):
         loss: ``silog`` or ``l1_log``.
         silog_lambda, silog_scale: SILog's variance weight and multiplier.
         init_depth: initial prediction in metres (bias of the predictor).
+        loss_max_depth: ground truth beyond this many metres is no measurement for the loss (default
+            ``max_depth``: what the head cannot predict is not a target).
     """
 
     def __init__(self, in_channels: int, channels: int = 128, in_strides: Sequence[int] = (4, 8, 16, 32),
                  parameterization: str = "log", min_depth: float = 1e-3, max_depth: float = 250.0,
                  loss: str = "silog", silog_lambda: float = 0.85, silog_scale: float = 10.0,
-                 init_depth: float = 10.0) -> None:
+                 init_depth: float = 10.0, loss_max_depth: float | None = None) -> None:
         super().__init__()
         if parameterization not in ("log", "sigmoid"):
             raise ValueError(f"depth parameterization: got {parameterization!r}, expected 'log' or 'sigmoid'")
@@ -43,6 +45,7 @@ class DepthHead(nn.Module):
         self.parameterization = parameterization
         self.min_depth = min_depth
         self.max_depth = max_depth
+        self.loss_max_depth = max_depth if loss_max_depth is None else loss_max_depth
         self.loss = loss
         self.silog_lambda = silog_lambda
         self.silog_scale = silog_scale
@@ -64,11 +67,12 @@ class DepthHead(nn.Module):
         return math.log(self.max_depth) + F.logsigmoid(raw)
 
     def compute_loss(self, raw: Tensor, target: Tensor) -> Tensor:
-        """Depth loss against Tensor[B, H, W] depth in metres (0 = no measurement)."""
+        """Depth loss against Tensor[B, H, W] depth in metres (0 = no measurement; beyond ``loss_max_depth``
+        ignored too)."""
         pred_log = self.log_depth(upsample(raw.float(), target.shape[-2:])).squeeze(1)
         if self.loss == "silog":
-            return silog_loss(pred_log, target, self.silog_lambda, self.silog_scale)
-        return l1_log_loss(pred_log, target)
+            return silog_loss(pred_log, target, self.silog_lambda, self.silog_scale, self.loss_max_depth)
+        return l1_log_loss(pred_log, target, self.loss_max_depth)
 
     def postprocess(self, raw: Tensor, size: tuple[int, int]) -> Tensor:
         """Depth in metres, Tensor[B, H, W] at ``size``."""

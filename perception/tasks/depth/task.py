@@ -61,7 +61,7 @@ class DepthTask(Task):
     def build_head(self, in_channels: int, strides: Sequence[int]) -> nn.Module:
         d = self.cfg
         return DepthHead(in_channels, d.channels, strides, d.parameterization, d.min_depth, d.max_depth, d.loss,
-                         d.silog_lambda, d.silog_scale)
+                         d.silog_lambda, d.silog_scale, loss_max_depth=d.loss_max_depth)
 
     def loss(self, head: nn.Module, output: Tensor, target: Tensor, has: Tensor) -> tuple[Tensor, dict]:
         return head.compute_loss(output.float(), target), {}

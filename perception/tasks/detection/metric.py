@@ -5,6 +5,11 @@ image ids 1..N) and evaluated by ``pycocotools.cocoeval.COCOeval`` with its stan
 IoU 0.50:0.95, AP50, AP75, AP for small/medium/large boxes (areas below 32^2, up to 96^2, above, in the frame
 the boxes are given in) and per-class AP, all as fractions in [0, 1]. A class without ground-truth boxes has no
 AP and is left out of the mean (and of the per-class keys).
+
+Crowd (group) regions enter the ground truth with ``iscrowd = 1``, as in COCO's own files: COCOeval matches them
+by the share of the detection inside them and ignores a detection it matches to one (neither a true nor a false
+positive), so a detector is not punished for finding objects in a crowd. Dropping them instead would count every
+such detection as a false positive.
 """
 from __future__ import annotations
 
@@ -28,22 +33,27 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def coco_structures(gts: Sequence[tuple[np.ndarray, np.ndarray]],
-                    preds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+GroundTruth = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def coco_structures(gts: Sequence[GroundTruth], preds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
                     num_classes: int) -> tuple[dict, list[dict]]:
     """COCO ground-truth dataset dict and detection list.
 
     Args:
-        gts: per image (boxes float[N, 4] xyxy, labels int[N]).
+        gts: per image (boxes float[N, 4] xyxy, labels int[N]) or (boxes, labels, crowd bool[N]); a crowd box
+            becomes an ``iscrowd = 1`` annotation.
         preds: per image (boxes float[D, 4] xyxy, scores float[D], labels int[D]).
         num_classes: number of classes (labels 0..C-1).
     """
     images, annotations, detections = [], [], []
-    for image_id, ((gt_boxes, gt_labels), (boxes, scores, labels)) in enumerate(zip(gts, preds), start=1):
+    for image_id, (gt, (boxes, scores, labels)) in enumerate(zip(gts, preds), start=1):
         images.append({"id": image_id})
-        for box, label in zip(_xywh(gt_boxes.reshape(-1, 4)), gt_labels.reshape(-1)):
+        gt_boxes, gt_labels = gt[0].reshape(-1, 4), gt[1].reshape(-1)
+        gt_crowd = gt[2].reshape(-1) if len(gt) > 2 else np.zeros(len(gt_labels), bool)
+        for box, label, crowd in zip(_xywh(gt_boxes), gt_labels, gt_crowd):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                                "bbox": box.tolist(), "area": float(box[2] * box[3]), "iscrowd": 0})
+                                "bbox": box.tolist(), "area": float(box[2] * box[3]), "iscrowd": int(bool(crowd))})
         for box, score, label in zip(_xywh(boxes.reshape(-1, 4)), scores.reshape(-1), labels.reshape(-1)):
             detections.append({"image_id": image_id, "category_id": int(label) + 1, "bbox": box.tolist(),
                                "score": float(score)})
@@ -51,20 +61,23 @@ def coco_structures(gts: Sequence[tuple[np.ndarray, np.ndarray]],
     return {"images": images, "annotations": annotations, "categories": categories}, detections
 
 
-def coco_evaluate(gts: Sequence[tuple[np.ndarray, np.ndarray]],
-                  preds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int
-                  ) -> tuple[dict[str, float], dict[int, float]]:
+def coco_evaluate(gts: Sequence[GroundTruth], preds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  num_classes: int) -> tuple[dict[str, float], dict[int, float]]:
     """Run COCOeval (bbox).
+
+    Args:
+        gts, preds, num_classes: as in :func:`coco_structures`.
 
     Returns:
         the AP entries of ``COCO_AP_KEYS`` (those that are defined) and label -> AP for the classes with
-        ground truth.
+        (non-crowd) ground truth.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     dataset, detections = coco_structures(gts, preds, num_classes)
-    classes_with_gt = sorted({a["category_id"] - 1 for a in dataset["annotations"]})
+    # A class with crowd regions only has nothing to find: COCOeval gives it no AP either.
+    classes_with_gt = sorted({a["category_id"] - 1 for a in dataset["annotations"] if not a["iscrowd"]})
     if not classes_with_gt:
         return {}, {}
     if not detections:  # pycocotools cannot load an empty result list; nothing detected means AP 0
@@ -99,11 +112,12 @@ class DetectionMetric:
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-        self.gts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.gts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.preds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def update(self, preds: Sequence[dict[str, Tensor]], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor],
-               has: Tensor | None = None) -> None:
+               has: Tensor | None = None, crowd_boxes: Sequence[Tensor] | None = None,
+               crowd_labels: Sequence[Tensor] | None = None) -> None:
         """Add a batch.
 
         Args:
@@ -111,11 +125,22 @@ class DetectionMetric:
             gt_boxes: per image Tensor[N, 4] xyxy in the same frame.
             gt_labels: per image Tensor[N].
             has (Tensor[B]): bool, which images carry detection labels (others are skipped).
+            crowd_boxes: per image Tensor[K, 4] xyxy crowd regions (ignored by the matching; see the module
+                docstring); ``None`` or an empty list: none.
+            crowd_labels: per image Tensor[K].
         """
         for i, (pred, boxes, labels) in enumerate(zip(preds, gt_boxes, gt_labels)):
             if has is not None and not bool(has[i]):
                 continue
-            self.gts.append((boxes.detach().cpu().numpy().reshape(-1, 4), labels.detach().cpu().numpy()))
+            boxes = boxes.detach().cpu().numpy().reshape(-1, 4)
+            labels = labels.detach().cpu().numpy().reshape(-1)
+            crowd = np.zeros(len(labels), bool)
+            if crowd_boxes:
+                extra_boxes = crowd_boxes[i].detach().cpu().numpy().reshape(-1, 4)
+                boxes = np.concatenate([boxes, extra_boxes])
+                labels = np.concatenate([labels, crowd_labels[i].detach().cpu().numpy().reshape(-1)])
+                crowd = np.r_[crowd, np.ones(len(extra_boxes), bool)]
+            self.gts.append((boxes, labels, crowd))
             self.preds.append((pred["boxes"].detach().float().cpu().numpy().reshape(-1, 4),
                                pred["scores"].detach().float().cpu().numpy(),
                                pred["labels"].detach().cpu().numpy()))

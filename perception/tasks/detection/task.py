@@ -47,15 +47,23 @@ class DetectionTask(Task):
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def collate(cls, values: Sequence[Any | None], height: int, width: int) -> dict[str, list[Tensor]]:
-        boxes, labels = [], []
+        """Per-image ``boxes``/``labels`` (the training targets) and ``crowd_boxes``/``crowd_labels``: the boxes a
+        sample flags as ``crowd``, split off here on the CPU so that no loss needs to know about them; only the
+        metric sees them, as ignore regions."""
+        out: dict[str, list[Tensor]] = {"boxes": [], "labels": [], "crowd_boxes": [], "crowd_labels": []}
         for value in values:
-            if value is None:
-                boxes.append(torch.zeros(0, 4, dtype=torch.float32))
-                labels.append(torch.zeros(0, dtype=torch.int64))
-            else:
-                boxes.append(_as_tensor(value["boxes"], torch.float32).reshape(-1, 4))
-                labels.append(_as_tensor(value["labels"], torch.int64).reshape(-1))
-        return {"boxes": boxes, "labels": labels}
+            value = value or {}
+            boxes = _as_tensor(value.get("boxes", np.zeros((0, 4))), torch.float32).reshape(-1, 4)
+            labels = _as_tensor(value.get("labels", np.zeros(0)), torch.int64).reshape(-1)
+            crowd = (_as_tensor(value["crowd"], torch.bool).reshape(-1) if "crowd" in value
+                     else torch.zeros(len(labels), dtype=torch.bool))
+            if len(crowd) != len(labels):
+                raise ValueError(f"collate: {len(labels)} boxes but {len(crowd)} crowd flags")
+            out["boxes"].append(boxes[~crowd])
+            out["labels"].append(labels[~crowd])
+            out["crowd_boxes"].append(boxes[crowd])
+            out["crowd_labels"].append(labels[crowd])
+        return out
 
     # ------------------------------------------------------------------------------------------------- model
     def build_head(self, in_channels: int, strides: Sequence[int]) -> nn.Module:
@@ -89,7 +97,8 @@ class DetectionTask(Task):
 
     def update_metric(self, metric: DetectionMetric, prediction: list, target: dict, has: Tensor,
                       meta: Sequence[dict]) -> None:
-        metric.update(prediction, target["boxes"], target["labels"], has)
+        metric.update(prediction, target["boxes"], target["labels"], has, target.get("crowd_boxes"),
+                      target.get("crowd_labels"))
 
     # ------------------------------------------------------------------------------- inference and pictures
     def predict(self, head: nn.Module, output: dict, letterboxes: Sequence[Letterbox], **options: Any
