@@ -25,8 +25,9 @@ from perception.utils.cli import EXIT_USER_ERROR, run_tool, tool_parser  # noqa:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = tool_parser(__doc__)
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train.py, or an .onnx file written by "
-                        "tools/export.py (run with onnxruntime on the CPU)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint written by tools/train.py, or an .onnx file written by tools/export.py "
+                             "(run with onnxruntime on the CPU)")
     parser.add_argument("--source", required=True,
                         help="an image, a folder, a glob (quote it), a video file or a camera index")
     parser.add_argument("--out", required=True, help="output folder")
