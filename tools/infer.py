@@ -6,6 +6,7 @@
     python tools/infer.py --checkpoint runs/demo/best.pt --source drive.mp4 --out runs/infer --layout tile
     python tools/infer.py --checkpoint runs/demo/best.pt --source 0 --out runs/cam --max-frames 300
     python tools/infer.py --checkpoint runs/drive/best.pt --source drive.mp4 --out runs/infer --tasks objects drivable
+    python tools/infer.py --checkpoint model.onnx --source street.png --out runs/infer   # onnxruntime (CPU)
 
 Writes predictions.jsonl (one line per image or frame), the pictures (vis/*.jpg, one panel per task) or the
 annotated video (<name>_pred.mp4, same frame rate), raw maps with --raw (raw/<task>/<name>.png: class ids, depth
@@ -24,7 +25,9 @@ from perception.utils.cli import EXIT_USER_ERROR, run_tool, tool_parser  # noqa:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = tool_parser(__doc__)
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train.py")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint written by tools/train.py, or an .onnx file written by tools/export.py "
+                             "(run with onnxruntime on the CPU)")
     parser.add_argument("--source", required=True,
                         help="an image, a folder, a glob (quote it), a video file or a camera index")
     parser.add_argument("--out", required=True, help="output folder")
@@ -57,9 +60,14 @@ def _main(argv=None) -> int:
     from perception.inference.runner import run_inference
 
     source = open_source(args.source)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks, half=args.half,
-                                          image_size=args.image_size, prefer_ema=not args.no_ema,
-                                          score_thresh=args.score_thresh)
+    if str(args.checkpoint).lower().endswith(".onnx"):
+        # --device, --half and --no-ema concern the PyTorch backend; the file is what it was exported as.
+        predictor = Predictor.from_onnx(args.checkpoint, image_size=args.image_size, tasks=args.tasks,
+                                        score_thresh=args.score_thresh)
+    else:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks,
+                                              half=args.half, image_size=args.image_size,
+                                              prefer_ema=not args.no_ema, score_thresh=args.score_thresh)
     summary = run_inference(predictor, source, args.out, layout=args.layout, raw=args.raw,
                             batch_size=args.batch_size, visualize=not args.no_vis,
                             value_range=tuple(args.value_range) if args.value_range else None,

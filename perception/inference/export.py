@@ -200,12 +200,15 @@ def tasks_from_metadata(metadata: Mapping[str, Any]) -> dict[str, Task]:
     return build_tasks(metadata["tasks"])
 
 
-def onnx_session(path: str | os.PathLike):
-    """An onnxruntime CPU session of an exported file."""
+def onnx_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session of an exported file (``threads``: intra-op threads; None: onnxruntime's
+    default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -6,6 +6,7 @@
     pred.boxes, pred.class_names, pred.semantic, pred.depth             # a field of the one task that has it
     for pred in predictor.stream(frames, batch_size=4, bgr=True):        # e.g. OpenCV video frames
         ...
+    predictor = Predictor.from_onnx("model.onnx")                       # the same API on onnxruntime (CPU)
 
 Post-processing is each task's own (``Task.predict``: e.g. boxes found at the network input and scaled back,
 dense maps resized from the stride-4 grid to the original pixels and decoded there); thresholds such as
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import cv2
@@ -34,8 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from perception.inference.export import onnx_session, read_metadata, tasks_from_metadata
 from perception.inference.images import as_hwc3, read_image
 from perception.inference.loading import load_model, select_tasks
+from perception.inference.postprocess_numpy import postprocess_numpy
 from perception.inference.prediction import Prediction
 from perception.ops.geometry import Letterbox, fit_letterbox, resize_image
 from perception.tasks import Task, replace_settings
@@ -141,6 +145,24 @@ class Predictor:
         """
         loaded = load_model(path, tasks, prefer_ema)
         return cls(loaded.model, image_size or loaded.image_size, loaded.tasks, device, half, score_thresh, options)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, image_size: Sequence[int] | None = None,
+                  tasks: Sequence[str] | None = None, score_thresh: float | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None, threads: int | None = None
+                  ) -> "Predictor":
+        """The same predictor on onnxruntime (CPU), from an ``.onnx`` file written by ``tools/export.py``.
+
+        The tasks, class names and settings come from the file's metadata; inputs, outputs and
+        :class:`Prediction` are those of :meth:`from_checkpoint`.
+
+        Args:
+            path: the exported file.
+            image_size: (H, W) network size; default the size stored in the file at export.
+            tasks, score_thresh, options: as in the constructor.
+            threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        """
+        return OnnxPredictor(path, image_size, tasks, score_thresh, options, threads)
 
     # ----------------------------------------------------------------------------------------------- public API
     def __call__(self, image: np.ndarray | str | os.PathLike, bgr: bool = False) -> Prediction:
@@ -257,4 +279,77 @@ class Predictor:
         for pred, item in zip(predictions, items):
             pred.timings = {"pre": shared["pre"] + item.load_ms, "forward": shared["forward"], "post": shared["post"]}
             pred.timings["total"] = sum(pred.timings.values())
+        return predictions
+
+
+class OnnxPredictor(Predictor):
+    """A :class:`Predictor` whose network is an exported ONNX file run by onnxruntime (CPU): the same calls and
+    the same :class:`Prediction`, from nothing but the ``.onnx`` file written by ``tools/export.py``.
+
+    The file's metadata (:func:`perception.inference.export.read_metadata`) rebuilds the tasks (names, types,
+    class names, settings); images are letterboxed and batched exactly as in the PyTorch backend (the same reused
+    input buffer), the graph runs under onnxruntime, and each task's ``decode_numpy`` maps its outputs back to
+    the image's own pixels (:func:`perception.inference.postprocess_numpy.postprocess_numpy`). Made by
+    :meth:`Predictor.from_onnx`.
+
+    Args:
+        path: the ``.onnx`` file (exported by this toolkit: it carries the ``perception`` metadata).
+        image_size: (H, W) the images are fitted into; default the size stored in the file at export. The graph's
+            height and width are dynamic when it was exported with dynamic axes (the default).
+        tasks: the names of the tasks to run (default all the file has); only their outputs are fetched.
+        score_thresh, options: post-processing options, as in :class:`Predictor`.
+        threads: onnxruntime intra-op threads (None: onnxruntime's default).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not an ONNX graph onnxruntime loads, or was not exported by this toolkit (both
+            name the file).
+    """
+
+    def __init__(self, path: str | os.PathLike, image_size: Sequence[int] | None = None,
+                 tasks: Sequence[str] | None = None, score_thresh: float | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None, threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(2, "no such ONNX file", str(path))
+        try:
+            self.session = onnx_session(path, threads)
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{path}: not an ONNX graph onnxruntime can load ({first})") from None
+        try:
+            self.metadata = read_metadata(self.session)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        self.path = path
+        size = image_size if image_size is not None else self.metadata.get("image_size")
+        if size is None or len(size) != 2 or any(int(s) <= 0 for s in size):
+            raise ValueError(f"image_size: got {None if size is None else tuple(size)}, expected (H, W) with "
+                             "positive ints")
+        self.image_size = (int(size[0]), int(size[1]))
+        specs = tasks_from_metadata(self.metadata)
+        names = list(specs) if tasks is None else select_tasks(tasks, list(specs), str(path))
+        self.tasks = {name: specs[name] for name in names}
+        self.output_names = [out for name in names for out in self.metadata["outputs"][name]]
+        self.input_name = self.metadata.get("input", "images")
+        self.model = None
+        self.device = torch.device("cpu")
+        self.amp_dtype = None
+        self.options = self._options(score_thresh, options)
+        self._buffers: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def _forward(self, images: Tensor) -> dict[str, np.ndarray]:
+        # The buffer is a channels-last uint8 view; the graph takes contiguous float32 NCHW, RGB 0..255.
+        batch = np.ascontiguousarray(images.numpy(), dtype=np.float32)
+        values = self.session.run(self.output_names, {self.input_name: batch})
+        return dict(zip(self.output_names, values))
+
+    def _postprocess(self, outputs: dict[str, np.ndarray], items: Sequence[_Item]) -> list[Prediction]:
+        predictions = []
+        for i, item in enumerate(items):
+            pred = postprocess_numpy({name: value[i] for name, value in outputs.items()}, item.letterbox,
+                                     self.tasks, self.metadata, self.options)
+            pred.meta = dict(item.meta)
+            predictions.append(pred)
         return predictions
