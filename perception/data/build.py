@@ -37,6 +37,7 @@ DATASETS: dict[str, str] = {
     "nyuv2_mtan": "perception.data.datasets.nyuv2:NYUv2MTANDataset",
     "nyuv2_folder": "perception.data.datasets.nyuv2:NYUv2FolderDataset",
     "coco": "perception.data.datasets.coco:COCODetectionDataset",
+    "bdd100k": "perception.data.datasets.bdd100k:BDD100KDataset",
 }
 SPLITS = ("train", "val")
 
