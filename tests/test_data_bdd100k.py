@@ -120,7 +120,7 @@ def test_bad_files_are_one_line_errors_naming_them(tmp_path):
         BDD100KDataset(tmp_path / "elsewhere", "val")
 
 
-def test_the_shipped_config_trains_and_evaluates_with_the_yolop_metrics(tmp_path, one_thread):
+def test_the_shipped_config_trains_evaluates_and_exports_with_the_yolop_metrics(tmp_path, capsys, one_thread):
     from perception.config import load_config
 
     config = ROOT / "configs" / "bdd100k.yaml"
@@ -143,3 +143,9 @@ def test_the_shipped_config_trains_and_evaluates_with_the_yolop_metrics(tmp_path
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("objects/recall", "objects/mAP50", "drivable/mIoU", "lanes/iou/lane", "lanes/acc/lane"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    # The trained network exports with both masks as outputs, checked against PyTorch on a BDD100K frame.
+    frame = next((data / "images" / "100k" / "val").glob("*.jpg"))
+    assert load_tool("tools/export.py").main(["--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "m.onnx"),
+                                              "--exporter", "torchscript", "--check-image", str(frame)]) == 0
+    report = capsys.readouterr().out
+    assert "drivable__logits" in report and "lanes__logits" in report
