@@ -66,6 +66,9 @@ def test_matches_pycocotools_on_json_files(tmp_path):
     assert out["detection/mAP75"] == pytest.approx(ev.stats[2])
     assert 0 < out["detection/mAP"] < 1
     assert set(out) >= {"detection/AP/a", "detection/AP/b"}
+    # Recall at IoU 0.5, 100 detections: class a finds its box, class b one of two (the IoU 0.75 hit) -> 0.75.
+    assert out["detection/recall"] == pytest.approx(0.75)
+    assert out["detection/recall"] == pytest.approx(ev.eval["recall"][0, :, 0, -1].mean())
 
 
 def test_images_without_detection_labels_are_skipped_and_no_detections_give_zero():

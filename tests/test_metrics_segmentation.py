@@ -22,6 +22,10 @@ def test_hand_computed_iou_accumulated_over_the_split():
     assert out["segmentation/pixel_acc"] == pytest.approx(5 / 7)
     # Per-image averaging would give a different number: the split is pooled.
     assert out["segmentation/mAcc"] == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+    # Per-class accuracy (YOLOP's lane accuracy for the lane class): TP / pixels labelled with the class.
+    assert out["segmentation/acc/a"] == pytest.approx(2 / 3)
+    assert out["segmentation/acc/b"] == pytest.approx(1.0)
+    assert out["segmentation/acc/c"] == pytest.approx(0.5)
 
 
 def test_absent_class_is_left_out_and_bad_labels_are_an_error():

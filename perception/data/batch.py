@@ -30,6 +30,11 @@ LABEL_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "segmentation": ("segmentation", ("semantic",)),
     "depth": ("depth", ("depth",)),
     "normals": ("normals", ("normals",)),
+    # Driving labels of their own beside the semantics (synthetic scenes, BDD100K): drivable area in BDD100K's
+    # codes (0 direct, 1 alternative, 2 background) and lane markings (0 background, 1 lane). Built in rather than
+    # registered by their datasets, so that a config naming them is checked before any dataset is imported.
+    "drivable": ("segmentation", ("drivable",)),
+    "lanes": ("segmentation", ("lanes",)),
 }
 # label -> Sample keys that may come with it (detection: ``crowd``, one bool per box, a crowd / group region that
 # evaluation ignores as pycocotools' ``iscrowd`` and training leaves out).

@@ -37,6 +37,7 @@ DATASETS: dict[str, str] = {
     "nyuv2_mtan": "perception.data.datasets.nyuv2:NYUv2MTANDataset",
     "nyuv2_folder": "perception.data.datasets.nyuv2:NYUv2FolderDataset",
     "coco": "perception.data.datasets.coco:COCODetectionDataset",
+    "bdd100k": "perception.data.datasets.bdd100k:BDD100KDataset",
 }
 SPLITS = ("train", "val")
 
@@ -166,14 +167,15 @@ def build_dataset(data_cfg: DataConfig, split: str, tasks: Sequence[str]) -> Mix
     transform = JointTransform(data_cfg.image_size, train=split == "train", augment=data_cfg.augment,
                                labels=[t for t in LABEL_KEYS if any(t in ts for ts in ds_tasks)])
     mixed = MixedDataset(datasets, ds_tasks, label_maps, num_classes, transform, skip_bad=data_cfg.skip_bad)
-    # A task the mix does not rename keeps the native ids of the one dataset labelling it: its names.
+    # A task the mix does not rename keeps the native ids of the one dataset labelling it: its names. Labels of a
+    # dataset's own (drivable area, lanes) are never renamed: their names are those of the first dataset.
     first_names: dict[str, list[str]] = {}
     for d, t in zip(datasets, ds_tasks):
         for task in t:
-            if task in LABEL_TASKS and task in d.classes:
+            if task in d.classes:
                 first_names.setdefault(task, list(d.classes[task]))
-    mixed.classes = {task: classes.get(task) or first_names.get(task, []) for task in LABEL_TASKS
-                     if task in mixed.tasks and (task in classes or task in first_names)}
+    mixed.classes = {task: classes.get(task) or first_names.get(task, []) for task in mixed.tasks
+                     if task in classes or task in first_names}
     mixed.weights = [c.weight for c in cfgs]
     return mixed
 

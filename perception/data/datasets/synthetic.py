@@ -6,11 +6,17 @@ from perception.data.labels import cityscapes_instance_names, cityscapes_tables
 from perception.data.synthetic import generate_scene
 
 DEFAULT_SIZES = {"train": 2000, "val": 200, "test": 200}
+# Drivable area in BDD100K's codes (0 direct, 1 alternative, 2 background) and binary lane markings: the labels
+# ``drivable`` and ``lanes`` (perception.data.batch.LABEL_KEYS) beside the Cityscapes semantics.
+DRIVABLE_CLASSES = ["direct", "alternative", "background"]
+LANE_CLASSES = ["background", "lane"]
 
 
 class SyntheticDrivingDataset(BaseDataset):
-    """Procedural street scenes with exact labels for detection, segmentation (Cityscapes trainIds), depth and
-    surface normals (camera frame: x right, y down, z forward; unit vectors facing the camera, 0 for the sky).
+    """Procedural street scenes with exact labels for detection, segmentation (Cityscapes trainIds), depth,
+    surface normals (camera frame: x right, y down, z forward; unit vectors facing the camera, 0 for the sky),
+    drivable area (label ``drivable``: 0 the ego lane, 1 the other lanes, 2 background) and lane markings (label
+    ``lanes``: 1 on the painted lines).
 
     Scene ``i`` of a split is a pure function of (``seed``, split, ``i``); the splits never share a scene. For tests
     and demos: train on the real datasets for real results.
@@ -26,7 +32,7 @@ class SyntheticDrivingDataset(BaseDataset):
     """
 
     name = "synthetic"
-    tasks = ("detection", "segmentation", "depth", "normals")
+    tasks = ("detection", "segmentation", "depth", "normals", "drivable", "lanes")
 
     def __init__(self, root: str = "", split: str = "train", num_samples: int | None = None, height: int = 256,
                  width: int = 512, seed: int = 0, density: float = 1.0) -> None:
@@ -39,7 +45,8 @@ class SyntheticDrivingDataset(BaseDataset):
         if height < 32 or width < 32:
             raise ValueError(f"height/width: got {height}x{width}, expected at least 32x32 pixels")
         self.height, self.width, self.seed, self.density = int(height), int(width), int(seed), float(density)
-        self.classes = {"detection": cityscapes_instance_names(), "segmentation": cityscapes_tables("trainId")[1]}
+        self.classes = {"detection": cityscapes_instance_names(), "segmentation": cityscapes_tables("trainId")[1],
+                        "drivable": list(DRIVABLE_CLASSES), "lanes": list(LANE_CLASSES)}
 
     def __len__(self) -> int:
         return self.num_samples

@@ -40,6 +40,7 @@ def frame_to_sample(layout: SceneLayout, frame: Frame, path: str) -> dict:
     height, width = frame.depth.shape
     return {"image": frame.image, "boxes": frame.boxes, "labels": frame.labels,
             "semantic": frame.semantic.astype(np.int64), "depth": frame.depth, "normals": frame.normals,
+            "drivable": frame.drivable.astype(np.int64), "lanes": frame.lanes.astype(np.int64),
             "meta": {"path": path, "dataset": "synthetic", "orig_size": (height, width),
                      "camera": layout.camera.to_meta(), "files": {}}}
 
@@ -47,8 +48,9 @@ def frame_to_sample(layout: SceneLayout, frame: Frame, path: str) -> dict:
 def generate_scene(index: int, split: str = "train", seed: int = 0, height: int = 256, width: int = 512,
                    density: float = 1.0) -> dict:
     """Scene ``index`` of ``split`` as a Sample: image, boxes, labels (8 Cityscapes instance classes),
-    semantic (Cityscapes trainIds), depth (metres, 0 = sky), normals (camera-frame unit vectors, 0 = sky) and
-    meta with the camera intrinsics."""
+    semantic (Cityscapes trainIds), depth (metres, 0 = sky), normals (camera-frame unit vectors, 0 = sky),
+    drivable (0 ego lane, 1 other lanes, 2 background: BDD100K's codes), lanes (1 on painted markings, else 0)
+    and meta with the camera intrinsics."""
     layout, frame = render_frame(index, split, seed, height, width, density)
     return frame_to_sample(layout, frame, f"synthetic://{split}/{seed}/{index}")
 

@@ -23,6 +23,8 @@ from perception.data.synthetic.scene import BOX, BUILDING, FENCE, PERSON, SKY, S
 
 NEAR = 0.3  # metres: parts closer than this to the camera plane are not drawn
 DARK_FACE = 0.35  # brightness of faces seen from below
+# Drivable-area codes, BDD100K's: the ego lane, the other lanes, everything else.
+DRIVABLE_DIRECT, DRIVABLE_ALTERNATIVE, DRIVABLE_BACKGROUND = 0, 1, 2
 # What the normal of a pixel's surface is: perpendicular to world X, Y or Z, curved (per pixel), or none (sky).
 AXIS_X, AXIS_Y, AXIS_Z, CURVED, NO_SURFACE = 0, 1, 2, 3, 255
 
@@ -44,6 +46,9 @@ class Frame:
         box_instance (ndarray[N]): int64 instance index of each box.
         instance_kind (ndarray[K]): int64 trainId of every instance of the layout.
         instance_kept (ndarray[K]): bool, whether the instance got a box.
+        drivable (ndarray[H, W]): uint8 drivable area in BDD100K's convention: 0 direct (the visible road of the
+            ego lane), 1 alternative (the other lanes of the road), 2 background (everything else).
+        lanes (ndarray[H, W]): uint8 lane markings: 1 where a painted line is visible, 0 elsewhere.
     """
 
     image: np.ndarray
@@ -56,6 +61,8 @@ class Frame:
     box_instance: np.ndarray
     instance_kind: np.ndarray
     instance_kept: np.ndarray
+    drivable: np.ndarray | None = None
+    lanes: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=2)
@@ -97,6 +104,10 @@ class _Buffers:
         self.part = np.full((height, width), -1, np.int32)
         self.axis = np.full((height, width), NO_SURFACE, np.uint8)
         self.curved = np.zeros((height, width, 3), np.float32)
+        # The ground's drivable code and paint, kept where the ground stays the nearest surface (``ground``).
+        self.ground = np.zeros((height, width), bool)
+        self.drivable = np.full((height, width), DRIVABLE_BACKGROUND, np.uint8)
+        self.paint = np.zeros((height, width), bool)
 
     def write(self, rows: slice, cols: slice, hit: np.ndarray, t, kind, mat, shade, axis: int) -> None:
         """Store a plane's attributes where ``hit`` (already depth-tested) is true inside the window."""
@@ -105,6 +116,7 @@ class _Buffers:
         np.copyto(self.mat[rows, cols], mat, where=hit, casting="unsafe")
         np.copyto(self.shade[rows, cols], shade, where=hit, casting="unsafe")
         np.copyto(self.axis[rows, cols], axis, where=hit, casting="unsafe")
+        np.copyto(self.ground[rows, cols], False, where=hit)
 
     def write_part(self, rows: slice, cols: slice, hit: np.ndarray, t, part: int, shade, axis,
                    normal: np.ndarray | None = None) -> None:
@@ -113,6 +125,7 @@ class _Buffers:
         np.copyto(self.part[rows, cols], part, where=hit, casting="unsafe")
         np.copyto(self.shade[rows, cols], shade, where=hit, casting="unsafe")
         np.copyto(self.axis[rows, cols], axis, where=hit, casting="unsafe")
+        np.copyto(self.ground[rows, cols], False, where=hit)
         if normal is not None:
             np.copyto(self.curved[rows, cols], normal, where=hit[..., None])
 
@@ -170,12 +183,19 @@ def _ground(layout: SceneLayout, buf: _Buffers, dx, dy, dz, cam_z: float) -> Non
     period, duty = layout.dash
     dashes = ((t_row * dz[r0:] + cam_z) / period) % 1.0 < duty  # [Hg]
     on_road = zone == 2
+    painted = np.zeros(x.shape, bool)
     for x_line, dashed, line_mat in layout.lines:
         paint = (np.abs(x - x_line) < 0.075) & on_road
         if dashed:
             paint &= dashes[:, None]
         mat[paint] = int(line_mat)
+        painted |= paint
     buf.mat[rows] = mat
+    buf.ground[rows] = True
+    buf.paint[rows] = painted
+    ego = (x >= layout.ego_lane[0]) & (x < layout.ego_lane[1])
+    buf.drivable[rows] = np.where(on_road, np.where(ego, DRIVABLE_DIRECT, DRIVABLE_ALTERNATIVE),
+                                  DRIVABLE_BACKGROUND)
     buf.shade[rows] = layout.light.ground
     buf.axis[rows] = AXIS_Y
 
@@ -471,6 +491,9 @@ def render_layout(layout: SceneLayout, cam_z: float = 0.0, time: float = 0.0, rn
     normals = buf.normals(dx, dy, dz, cam.pitch)
     image = _shade(layout, buf, depth, rng)
     labels = layout.instance_kind[owners] - PERSON
+    # Drivable area and lanes only where the ground is what the pixel sees (a car on the road hides it).
+    drivable = np.where(buf.ground, buf.drivable, DRIVABLE_BACKGROUND).astype(np.uint8)
+    lanes = (buf.ground & buf.paint).astype(np.uint8)
     return Frame(image=image, depth=depth, normals=normals, semantic=buf.kind, instance=instance, boxes=boxes,
                  labels=labels.astype(np.int64), box_instance=owners, instance_kind=layout.instance_kind,
-                 instance_kept=kept)
+                 instance_kept=kept, drivable=drivable, lanes=lanes)

@@ -78,6 +78,8 @@ class SceneLayout:
         sky (ndarray[2, 3]): sky colour at the horizon and at the top of the image.
         window_mat: material of building windows. window_size: (spacing along Z, floor height).
         light: lighting.
+        dash: dash period (m) and the fraction painted.
+        ego_lane: X bounds (left, right) of the lane the camera drives in: the drivable area's "direct" region.
     """
 
     camera: PinholeCamera
@@ -105,6 +107,7 @@ class SceneLayout:
     window_size: tuple[float, float]
     light: Lighting
     dash: tuple[float, float] = (6.0, 0.5)  # dash period (m) and the fraction painted
+    ego_lane: tuple[float, float] = (-1.75, 1.75)
 
 
 @dataclass
@@ -413,4 +416,5 @@ def sample_layout(rng: np.random.Generator, width: int, height: int, travel: flo
         velocity=np.array([v for _, v in b.instances], np.float32).reshape(-1),
         sky=np.stack([horizon, zenith]).astype(np.float32) * 255, window_mat=window,
         window_size=(rng.uniform(2.5, 4.5), rng.uniform(2.8, 3.6)), light=light,
-        dash=(rng.uniform(5.0, 12.0), rng.uniform(0.3, 0.6)))
+        dash=(rng.uniform(5.0, 12.0), rng.uniform(0.3, 0.6)),
+        ego_lane=(float(x_left + ego * lane_w), float(x_left + (ego + 1) * lane_w)))

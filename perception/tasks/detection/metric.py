@@ -4,7 +4,10 @@ Ground truth and predictions are turned into in-memory COCO structures (xywh box
 image ids 1..N) and evaluated by ``pycocotools.cocoeval.COCOeval`` with its standard settings: AP averaged over
 IoU 0.50:0.95, AP50, AP75, AP for small/medium/large boxes (areas below 32^2, up to 96^2, above, in the frame
 the boxes are given in) and per-class AP, all as fractions in [0, 1]. A class without ground-truth boxes has no
-AP and is left out of the mean (and of the per-class keys).
+AP and is left out of the mean (and of the per-class keys). ``recall`` is COCOeval's recall at IoU 0.5 with up to
+100 detections per image over all areas, averaged over the classes with ground truth (the share of boxes found by
+some detection of any score; the detection recall YOLOP and HybridNets report is computed at IoU 0.5 too, by
+their own code at their score threshold, so compare with care).
 
 Crowd (group) regions enter the ground truth with ``iscrowd = 1``, as in COCO's own files: COCOeval matches them
 by the share of the detection inside them and ignores a detection it matches to one (neither a true nor a false
@@ -81,7 +84,7 @@ def coco_evaluate(gts: Sequence[GroundTruth], preds: Sequence[tuple[np.ndarray, 
     if not classes_with_gt:
         return {}, {}
     if not detections:  # pycocotools cannot load an empty result list; nothing detected means AP 0
-        return {k: 0.0 for k in COCO_AP_KEYS[:3]}, {c: 0.0 for c in classes_with_gt}
+        return {**{k: 0.0 for k in COCO_AP_KEYS[:3]}, "recall": 0.0}, {c: 0.0 for c in classes_with_gt}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = dataset
@@ -92,6 +95,10 @@ def coco_evaluate(gts: Sequence[GroundTruth], preds: Sequence[tuple[np.ndarray, 
         evaluator.accumulate()
         evaluator.summarize()
     summary = {k: float(v) for k, v in zip(COCO_AP_KEYS, evaluator.stats[:6]) if v > -1}
+    # recall: [IoU thresholds, classes, areas, maxDets]; IoU 0.5 is the first threshold, area "all", 100 dets.
+    recall = evaluator.eval["recall"][list(evaluator.params.iouThrs).index(0.5), :, 0, -1]
+    if (recall > -1).any():
+        summary["recall"] = float(recall[recall > -1].mean())
     precision = evaluator.eval["precision"]            # [IoU thresholds, recall points, classes, areas, maxDets]
     per_class = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
@@ -153,12 +160,13 @@ class DetectionMetric:
             self.preds = [p for _, preds in gathered for p in preds]
 
     def compute(self, prefix: str = "detection/") -> dict[str, float]:
-        """``mAP``, ``mAP50``, ``mAP75``, ``mAP_small/medium/large`` and ``AP/<class>``."""
+        """``mAP``, ``mAP50``, ``mAP75``, ``mAP_small/medium/large``, ``recall`` (IoU 0.5, 100 detections per
+        image) and ``AP/<class>``."""
         summary, per_class = coco_evaluate(self.gts, self.preds, self.num_classes)
         if not summary:
             warnings.warn("detection metric: the evaluated images hold no ground-truth boxes; mAP is reported as 0",
                           stacklevel=2)
-            summary = {k: 0.0 for k in COCO_AP_KEYS[:3]}
+            summary = {**{k: 0.0 for k in COCO_AP_KEYS[:3]}, "recall": 0.0}
         out = {f"{prefix}{k}": v for k, v in summary.items()}
         out.update({f"{prefix}AP/{self.class_names[c]}": ap for c, ap in sorted(per_class.items())})
         return out

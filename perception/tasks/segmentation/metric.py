@@ -2,7 +2,9 @@
 
 IoU_c = TP_c / (TP_c + FP_c + FN_c) per class from the summed confusion matrix (not averaged per image); mIoU is
 the mean over the classes that occur in the ground truth or the predictions (a class absent from both has no
-IoU); pixel accuracy is sum_c TP_c / labelled pixels. Pixels labelled ``ignore_index`` count nowhere.
+IoU); pixel accuracy is sum_c TP_c / labelled pixels; the accuracy of class c (``acc/<class>``) is TP_c / pixels
+labelled c, the share of its pixels predicted as c (what YOLOP reports as lane accuracy: ``acc/lane``). Pixels
+labelled ``ignore_index`` count nowhere.
 """
 from __future__ import annotations
 
@@ -58,7 +60,8 @@ class SegmentationMetric:
         all_reduce_sum(self.confusion)
 
     def compute(self, prefix: str = "segmentation/") -> dict[str, float]:
-        """``mIoU``, ``pixel_acc``, ``mAcc`` (mean class accuracy) and ``iou/<class>`` per class, in [0, 1].
+        """``mIoU``, ``pixel_acc``, ``mAcc`` (mean class accuracy), ``iou/<class>`` and ``acc/<class>`` per
+        class, in [0, 1].
 
         Raises:
             ValueError: labelled pixels carried class ids outside ``0..num_classes-1`` (wrong ``num_classes``
@@ -93,4 +96,7 @@ def segmentation_scores(confusion: Tensor, class_names: Sequence[str], prefix: s
     for name, value in zip(class_names, iou.tolist()):
         if value == value:  # classes seen in neither labels nor predictions have no IoU: left out
             out[f"{prefix}iou/{name}"] = value
+    for name, value in zip(class_names, acc.tolist()):
+        if value == value:  # classes without labelled pixels have no accuracy
+            out[f"{prefix}acc/{name}"] = value
     return out
