@@ -8,7 +8,7 @@ import torch
 
 from _mtl_utils import TinyMultiTask, mse_losses, regression_data
 from perception.mtl import (WEIGHTING_METHODS, FAMO, AlignedMTL, CAGrad, DynamicWeightAverage, FixedWeighting,
-                            GradNorm, MGDA, PCGrad, RandomLossWeighting, UncertaintyWeighting, WeightingConfig,
+                            GradNorm, MGDA, NashMTL, PCGrad, RandomLossWeighting, UncertaintyWeighting, WeightingConfig,
                             build_weighting)
 from perception.mtl.dwa import dwa_weights
 from perception.mtl.gradnorm import gradnorm_targets
@@ -155,13 +155,13 @@ def test_random_loss_weighting_draws_softmax_normal_weights_per_step():
                                         ("uncertainty", UncertaintyWeighting), ("dwa", DynamicWeightAverage),
                                         ("gradnorm", GradNorm), ("rlw", RandomLossWeighting), ("pcgrad", PCGrad),
                                         ("mgda", MGDA), ("cagrad", CAGrad), ("aligned_mtl", AlignedMTL),
-                                        ("famo", FAMO)])
+                                        ("famo", FAMO), ("nash_mtl", NashMTL)])
 def test_every_method_is_one_config_value(method, cls):
     cfg = from_dict(WeightingConfig, {"method": method, "dwa_temperature": 3.0, "gradnorm_alpha": 0.5,
                                       "cagrad_c": 0.2, "mgda_normalization": "l2"})
     weighting = build_weighting(cfg, TASKS)
     assert type(weighting) is cls and weighting.tasks == TASKS
-    gradient_method = cls in (PCGrad, MGDA, CAGrad, AlignedMTL, GradNorm)
+    gradient_method = cls in (PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL, GradNorm)
     assert weighting.manual_grad_sync is gradient_method
     assert weighting.needs_features is (cls is MGDA)
     assert weighting.needs_post_step is (cls is FAMO)

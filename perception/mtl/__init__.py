@@ -2,7 +2,8 @@
 
 Loss weightings (``forward``): equal/fixed, uncertainty, DWA, GradNorm (learned, gradient-based), RLW, FAMO (updated
 after the optimizer step from the losses of the same batch: ``post_step``).
-Gradient methods (``backward``, per-task gradients of the shared parameters): PCGrad, MGDA-UB, CAGrad, Aligned-MTL.
+Gradient methods (``backward``, per-task gradients of the shared parameters): PCGrad, MGDA-UB, CAGrad, Aligned-MTL,
+Nash-MTL.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from perception.mtl.fixed import FixedWeighting
 from perception.mtl.gradients import GradientWeighting
 from perception.mtl.gradnorm import GradNorm
 from perception.mtl.mgda import MGDA
+from perception.mtl.nash_mtl import NashMTL
 from perception.mtl.pcgrad import PCGrad
 from perception.mtl.rlw import RandomLossWeighting
 from perception.mtl.scheduling import (LossRatioScheduler, RandomScheduler, RoundRobinScheduler, TaskScheduler,
@@ -58,11 +60,12 @@ def build_weighting(cfg: WeightingConfig, tasks: Iterable[str], loss_kinds: Mapp
         return AlignedMTL(tasks)
     if cfg.method == "famo":
         return FAMO(tasks, cfg.famo_lr, cfg.famo_weight_decay)
+    if cfg.method == "nash_mtl":
+        return NashMTL(tasks, cfg.nash_update_every)
     raise ValueError(f"weighting.method: unknown {cfg.method!r}; allowed: {', '.join(WEIGHTING_METHODS)}")
 
 
 __all__ = ["TASK_SCHEDULES", "WEIGHTING_METHODS", "AlignedMTL", "CAGrad", "DynamicWeightAverage", "FAMO",
-           "FixedWeighting",
-           "GradNorm", "GradientWeighting", "LossRatioScheduler", "MGDA", "PCGrad", "RandomLossWeighting",
-           "RandomScheduler", "RoundRobinScheduler", "TaskScheduleConfig", "TaskScheduler", "UncertaintyWeighting",
-           "Weighting", "WeightingConfig", "build_task_scheduler", "build_weighting"]
+           "FixedWeighting", "GradNorm", "GradientWeighting", "LossRatioScheduler", "MGDA", "NashMTL", "PCGrad",
+           "RandomLossWeighting", "RandomScheduler", "RoundRobinScheduler", "TaskScheduleConfig", "TaskScheduler",
+           "UncertaintyWeighting", "Weighting", "WeightingConfig", "build_task_scheduler", "build_weighting"]
