@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from _mtl_utils import TinyMultiTask, mse_losses, regression_data
-from perception.mtl import (WEIGHTING_METHODS, AlignedMTL, CAGrad, DynamicWeightAverage, FixedWeighting, GradNorm,
-                            MGDA, PCGrad, RandomLossWeighting, UncertaintyWeighting, WeightingConfig,
+from perception.mtl import (WEIGHTING_METHODS, FAMO, AlignedMTL, CAGrad, DynamicWeightAverage, FixedWeighting,
+                            GradNorm, MGDA, NashMTL, PCGrad, RandomLossWeighting, UncertaintyWeighting, WeightingConfig,
                             build_weighting)
 from perception.mtl.dwa import dwa_weights
 from perception.mtl.gradnorm import gradnorm_targets
@@ -154,15 +154,17 @@ def test_random_loss_weighting_draws_softmax_normal_weights_per_step():
 @pytest.mark.parametrize("method,cls", [("equal", FixedWeighting), ("fixed", FixedWeighting),
                                         ("uncertainty", UncertaintyWeighting), ("dwa", DynamicWeightAverage),
                                         ("gradnorm", GradNorm), ("rlw", RandomLossWeighting), ("pcgrad", PCGrad),
-                                        ("mgda", MGDA), ("cagrad", CAGrad), ("aligned_mtl", AlignedMTL)])
+                                        ("mgda", MGDA), ("cagrad", CAGrad), ("aligned_mtl", AlignedMTL),
+                                        ("famo", FAMO), ("nash_mtl", NashMTL)])
 def test_every_method_is_one_config_value(method, cls):
     cfg = from_dict(WeightingConfig, {"method": method, "dwa_temperature": 3.0, "gradnorm_alpha": 0.5,
                                       "cagrad_c": 0.2, "mgda_normalization": "l2"})
     weighting = build_weighting(cfg, TASKS)
     assert type(weighting) is cls and weighting.tasks == TASKS
-    gradient_method = cls in (PCGrad, MGDA, CAGrad, AlignedMTL, GradNorm)
+    gradient_method = cls in (PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL, GradNorm)
     assert weighting.manual_grad_sync is gradient_method
     assert weighting.needs_features is (cls is MGDA)
+    assert weighting.needs_post_step is (cls is FAMO)
     params = {DynamicWeightAverage: ("temperature", 3.0), GradNorm: ("alpha", 0.5), CAGrad: ("c", 0.2),
               MGDA: ("normalization", "l2")}
     if cls in params:
@@ -175,6 +177,7 @@ def test_every_method_is_one_config_value(method, cls):
     ({"method": "pcgard"}, "Did you mean 'pcgrad'"),
     ({"method": "dwa", "dwa_temperature": 0}, "dwa_temperature"),
     ({"method": "cagrad", "cagrad_c": -1}, "cagrad_c"),
+    ({"method": "famo", "famo_weight_decay": -0.1}, "famo_weight_decay"),
     ({"method": "mgda", "mgda_normalization": "max"}, "mgda_normalization"),
     ({"task_schedule": {"method": "round-robin"}}, "round_robin"),
     ({"task_schedule": {"method": "random", "tasks_per_step": 0}}, "tasks_per_step"),

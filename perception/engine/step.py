@@ -6,6 +6,8 @@
     loss, weights = weighting.backward(task_losses, shared, present, scale, features,
                                        extra=parts.get(PENALTY_KEY))  # losses meet here only
     (repeat over the accumulated micro-batches) -> sync gradients -> unscale -> clip -> step -> EMA
+    -> for weightings with ``needs_post_step`` (FAMO): the last micro-batch's losses again, under no_grad and with
+       the BatchNorm statistics left alone, handed to ``weighting.post_step(before, after)``
     -> every tensor put back where the gradient norm is not finite (all on the device)
 
 Non-finite steps are skipped on the device, with no host synchronisation: before the first micro-batch's forward
@@ -191,6 +193,30 @@ class TrainStep:
             comp[key] = comp.get(key, 0.0) + value.detach().float() * loss_scale
         return {t: v.detach() for t, v in task_losses.items()}, loss.detach()
 
+    @torch.no_grad()
+    def losses_after_step(self, batch: Batch, active: Sequence[str]) -> dict[str, Tensor]:
+        """The task losses of ``batch`` with the parameters as they are now (after the optimizer step).
+
+        The network stays in training mode, so that the losses are comparable with the ones the step was taken
+        on (BatchNorm on batch statistics, as there), but no running statistic moves: this forward is a
+        measurement, not training. The plain network is called (no DDP: there is no gradient to synchronise).
+        """
+        images = batch.images
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        norms = [m for m in self.module.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        for m in norms:
+            m.track_running_stats = False
+        try:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs = self.module(images, tasks=active)
+                task_losses, _ = self.module.compute_losses(outputs, batch)
+        finally:
+            for m in norms:
+                m.track_running_stats = True
+        return {t: v.float() for t, v in task_losses.items()}
+
     def _sync_context(self, micro: int, num_micro: int):
         """DDP all-reduces on the last micro-batch only, or never when the weighting syncs by hand."""
         if not self.distributed:
@@ -232,6 +258,7 @@ class TrainStep:
         for micro, batch in enumerate(batches):
             with self._sync_context(micro, len(batches)):
                 task_losses, loss = self.forward_backward(batch, active, 1.0 / len(batches))
+            last_losses = task_losses
             zero = torch.zeros((), device=self.device)
             losses = losses + torch.stack([task_losses.get(t, zero).float() for t in self.tasks]) / len(batches)
             total = total + loss.float() / len(batches)
@@ -266,6 +293,9 @@ class TrainStep:
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update(self.module, step=step + 1)
+        if getattr(self.weighting, "needs_post_step", False) and batches:
+            # Before the restore: a skipped step puts back what post_step wrote too.
+            self.weighting.post_step(last_losses, self.losses_after_step(batches[-1], active))
         self.snapshot.restore(skipped)
 
         # Statistics, all on the device.

@@ -1,7 +1,9 @@
 """Multi-task learning methods: how task losses (or their gradients) are combined, and which tasks each step trains.
 
-Loss weightings (``forward``): equal/fixed, uncertainty, DWA, GradNorm (learned, gradient-based), RLW.
-Gradient methods (``backward``, per-task gradients of the shared parameters): PCGrad, MGDA-UB, CAGrad, Aligned-MTL.
+Loss weightings (``forward``): equal/fixed, uncertainty, DWA, GradNorm (learned, gradient-based), RLW, FAMO (updated
+after the optimizer step from the losses of the same batch: ``post_step``).
+Gradient methods (``backward``, per-task gradients of the shared parameters): PCGrad, MGDA-UB, CAGrad, Aligned-MTL,
+Nash-MTL.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ from perception.mtl.base import Weighting
 from perception.mtl.cagrad import CAGrad
 from perception.mtl.config import TASK_SCHEDULES, WEIGHTING_METHODS, TaskScheduleConfig, WeightingConfig
 from perception.mtl.dwa import DynamicWeightAverage
+from perception.mtl.famo import FAMO
 from perception.mtl.fixed import FixedWeighting
 from perception.mtl.gradients import GradientWeighting
 from perception.mtl.gradnorm import GradNorm
 from perception.mtl.mgda import MGDA
+from perception.mtl.nash_mtl import NashMTL
 from perception.mtl.pcgrad import PCGrad
 from perception.mtl.rlw import RandomLossWeighting
 from perception.mtl.scheduling import (LossRatioScheduler, RandomScheduler, RoundRobinScheduler, TaskScheduler,
@@ -54,10 +58,14 @@ def build_weighting(cfg: WeightingConfig, tasks: Iterable[str], loss_kinds: Mapp
         return CAGrad(tasks, cfg.cagrad_c)
     if cfg.method == "aligned_mtl":
         return AlignedMTL(tasks)
+    if cfg.method == "famo":
+        return FAMO(tasks, cfg.famo_lr, cfg.famo_weight_decay)
+    if cfg.method == "nash_mtl":
+        return NashMTL(tasks, cfg.nash_update_every)
     raise ValueError(f"weighting.method: unknown {cfg.method!r}; allowed: {', '.join(WEIGHTING_METHODS)}")
 
 
-__all__ = ["TASK_SCHEDULES", "WEIGHTING_METHODS", "AlignedMTL", "CAGrad", "DynamicWeightAverage", "FixedWeighting",
-           "GradNorm", "GradientWeighting", "LossRatioScheduler", "MGDA", "PCGrad", "RandomLossWeighting",
-           "RandomScheduler", "RoundRobinScheduler", "TaskScheduleConfig", "TaskScheduler", "UncertaintyWeighting",
-           "Weighting", "WeightingConfig", "build_task_scheduler", "build_weighting"]
+__all__ = ["TASK_SCHEDULES", "WEIGHTING_METHODS", "AlignedMTL", "CAGrad", "DynamicWeightAverage", "FAMO",
+           "FixedWeighting", "GradNorm", "GradientWeighting", "LossRatioScheduler", "MGDA", "NashMTL", "PCGrad",
+           "RandomLossWeighting", "RandomScheduler", "RoundRobinScheduler", "TaskScheduleConfig", "TaskScheduler",
+           "UncertaintyWeighting", "Weighting", "WeightingConfig", "build_task_scheduler", "build_weighting"]

@@ -34,6 +34,7 @@ gradient reaches the parameters exactly once (gradient methods add its gradient 
 
     manual_grad_sync: bool = False  # per-task gradients: the trainer syncs the combined gradient itself
     needs_features: bool = False    # backward wants the shared features (model(..., return_features=True))
+    needs_post_step: bool = False   # post_step wants the losses of the last micro-batch after the optimizer step
 
     def __init__(self, tasks: Iterable[str]) -> None:
         super().__init__()
@@ -87,6 +88,16 @@ gradient reaches the parameters exactly once (gradient methods add its gradient 
 
         Methods driven by averaged losses (DWA) keep device-side running sums during the steps and read them
         here, so that no step waits for the device.
+        """
+
+    def post_step(self, losses_before: Mapping[str, Tensor], losses_after: Mapping[str, Tensor]) -> None:
+        """Called after the optimizer step when ``needs_post_step`` is set (FAMO), under ``torch.no_grad()``.
+
+        Args:
+            losses_before: task -> the detached loss of the step's last micro-batch.
+            losses_after: task -> the loss of the same micro-batch with the updated parameters.
+
+        Must stay on the device; a skipped step restores whatever it changes (its parameters and buffers).
         """
 
     def active_tasks(self, task_losses: Mapping[str, Tensor], present: Mapping[str, bool] | None) -> list[str]:

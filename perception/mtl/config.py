@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 WEIGHTING_METHODS = ("equal", "fixed", "uncertainty", "dwa", "gradnorm", "rlw", "pcgrad", "mgda", "cagrad",
-                     "aligned_mtl")
+                     "aligned_mtl", "famo", "nash_mtl")
 TASK_SCHEDULES = ("all", "round_robin", "random", "loss_ratio")
 
 
@@ -47,7 +47,8 @@ class WeightingConfig:
     Attributes:
         method: ``equal``, ``fixed``, ``uncertainty`` (Kendall et al. 2018), ``dwa`` (Liu et al. 2019),
             ``gradnorm`` (Chen et al. 2018), ``rlw`` (Lin et al. 2021), ``pcgrad`` (Yu et al. 2020), ``mgda``
-            (MGDA-UB, Sener & Koltun 2018), ``cagrad`` (Liu et al. 2021) or ``aligned_mtl`` (Senushkin et al. 2023).
+            (MGDA-UB, Sener & Koltun 2018), ``cagrad`` (Liu et al. 2021) ``aligned_mtl`` (Senushkin et al. 2023)
+            ``famo`` (Liu et al. 2023) or ``nash_mtl`` (Navon et al. 2022).
         weights: task -> weight, for ``fixed`` (unlisted tasks get 1).
         task_types: task -> ``regression`` (c = 1/2) or ``classification`` (c = 1), for ``uncertainty``.
         init_log_var: initial log-variance s = log sigma^2 of every task, for ``uncertainty``.
@@ -60,6 +61,9 @@ class WeightingConfig:
             losses differ in scale), ``none`` (the bare algorithm: the smallest gradient dominates), ``l2`` or
             ``loss``.
         cagrad_c: the radius c of ``cagrad``, relative to the average gradient's norm (paper: 0.4).
+        famo_lr: learning rate of ``famo``'s own Adam over its task logits (paper: 0.025).
+        famo_weight_decay: weight decay of ``famo``'s task logits (paper: 0.01).
+        nash_update_every: ``nash_mtl`` solves for its weights every this many steps and reuses them between.
         task_schedule: which tasks each step optimises.
     """
 
@@ -72,6 +76,9 @@ class WeightingConfig:
     mgda_on_features: bool = True
     mgda_normalization: Literal["none", "l2", "loss", "loss+"] = "loss+"
     cagrad_c: float = 0.4
+    famo_lr: float = 0.025
+    famo_weight_decay: float = 0.01
+    nash_update_every: int = 1
     task_schedule: TaskScheduleConfig = field(default_factory=TaskScheduleConfig)
 
     def validate(self) -> None:
@@ -83,3 +90,9 @@ class WeightingConfig:
             raise ValueError(f"gradnorm_alpha: got {self.gradnorm_alpha}, expected a value >= 0")
         if self.cagrad_c < 0:
             raise ValueError(f"cagrad_c: got {self.cagrad_c}, expected a value >= 0")
+        if self.famo_lr <= 0:
+            raise ValueError(f"famo_lr: got {self.famo_lr}, expected a value > 0")
+        if self.famo_weight_decay < 0:
+            raise ValueError(f"famo_weight_decay: got {self.famo_weight_decay}, expected a value >= 0")
+        if self.nash_update_every < 1:
+            raise ValueError(f"nash_update_every: got {self.nash_update_every}, expected an integer >= 1")
