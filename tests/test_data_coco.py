@@ -157,6 +157,13 @@ def test_polygons_rle_and_crowd_paint_exact_semantic_maps(tmp_path):
     # A category of the file may be the background too; its boxes stay boxes.
     named = COCODetectionDataset(tmp_path, "train", background="person")
     assert named.classes["segmentation"] == ["person", "car"] and named.background_label == 0
+    # The same car as a compressed RLE (a string of counts, as pycocotools' encode writes it) gives the same map.
+    import json
+    path = tmp_path / "annotations.json"
+    data = json.loads(path.read_text())
+    data["annotations"][3]["segmentation"] = {"counts": "d0n0V2", "size": [10, 12]}
+    path.write_text(json.dumps(data))
+    np.testing.assert_array_equal(COCODetectionDataset(tmp_path, "train").load(1)["semantic"], exp_b)
     # A detection-only model loads no masks.
     assert "semantic" not in COCODetectionDataset(tmp_path, "train", tasks=["detection"]).load(0)
 
