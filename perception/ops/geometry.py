@@ -239,22 +239,27 @@ def argmax_to_original(logits: Tensor, letterbox: Letterbox) -> Tensor:
     rows, cols = _valid_cells(letterbox, grid)
     logits = logits[:, :rows, :cols].float()
     y0, y1, wy, x0, x1, wx = (torch.from_numpy(t).to(logits.device) for t in _argmax_taps(letterbox, grid))
-    ids = logits.argmax(0)                                                        # [rows, cols]
-    # A cell's quad is itself and its right, lower and lower-right neighbours (the last row and column repeat,
-    # as the clamped taps do); it is uniform when all four share the arg-max.
+    # The grid's arg-max, with -1 on every cell whose quad (itself and its right, lower and lower-right
+    # neighbours; the last row and column repeat, as the clamped taps do) does not share one arg-max.
+    ids = logits.max(0).indices                                                   # [rows, cols]
     down = torch.cat([ids[1:], ids[-1:]], 0)
     right = torch.cat([ids[:, 1:], ids[:, -1:]], 1)
     diag = torch.cat([down[:, 1:], down[:, -1:]], 1)
-    mixed = (ids != down) | (ids != right) | (ids != diag)                        # [rows, cols]
-    out = ids.index_select(0, y0).index_select(1, x0)                             # [height, width]
-    py, px = mixed.index_select(0, y0).index_select(1, x0).nonzero(as_tuple=True)
-    if py.numel():
-        gy0, gy1, gx0, gx1 = y0[py], y1[py], x0[px], x1[px]
-        wy1, wx1 = wy[py], wx[px]
-        top = logits[:, gy0, gx0] * (1 - wx1) + logits[:, gy0, gx1] * wx1            # [K, N]
-        bottom = logits[:, gy1, gx0] * (1 - wx1) + logits[:, gy1, gx1] * wx1
-        out[py, px] = (top * (1 - wy1) + bottom * wy1).argmax(0)
-    return out
+    ids = ids.masked_fill((ids != down) | (ids != right) | (ids != diag), -1)
+    # One gather of one int channel to the original pixels (each pixel's quad is the one at its top-left tap).
+    source = (y0[:, None] * cols + x0[None, :]).view(-1)                          # [height * width]
+    out = ids.view(-1).index_select(0, source)
+    flat = (out < 0).nonzero().squeeze(1)
+    if flat.numel():
+        # Channels last (a copy of the small grid only), so that each gathered pixel reads K contiguous logits.
+        cells = logits.permute(1, 2, 0).reshape(rows * cols, -1)                  # [rows * cols, K]
+        py, px = flat // letterbox.width, flat % letterbox.width
+        gy0, gy1, gx0, gx1 = y0[py] * cols, y1[py] * cols, x0[px], x1[px]
+        wy1, wx1 = wy[py, None], wx[px, None]
+        top = cells.index_select(0, gy0 + gx0) * (1 - wx1) + cells.index_select(0, gy0 + gx1) * wx1   # [N, K]
+        bottom = cells.index_select(0, gy1 + gx0) * (1 - wx1) + cells.index_select(0, gy1 + gx1) * wx1
+        out[flat] = (top * (1 - wy1) + bottom * wy1).max(1).indices
+    return out.view(letterbox.height, letterbox.width)
 
 
 def argmax_to_original_numpy(logits: np.ndarray, letterbox: Letterbox) -> np.ndarray:
