@@ -100,3 +100,15 @@ def test_depth_is_the_clamped_log_depth_resized_once():
     numpy_depth = task.decode_numpy({"depth": exported}, box)["depth"]
     np.testing.assert_allclose(numpy_depth, depth, rtol=1e-4)   # log and exp of float32 on the way
     assert depth.shape == (75, 131)
+
+
+def test_postprocess_benchmark_runs_and_agrees(capsys):
+    import argparse
+
+    from perception.benchmark import postprocess
+
+    parser = argparse.ArgumentParser()
+    postprocess.add_arguments(parser)
+    result = postprocess.run(parser.parse_args(["--photo", "45x61", "--network", "64x96", "--repeats", "1"]))
+    assert len(result["rows"]) == 4 and all(row["agreement"] >= 0.99 for row in result["rows"])
+    assert "ratio" in capsys.readouterr().out
