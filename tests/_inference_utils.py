@@ -97,6 +97,13 @@ class _EchoSegmentation(torch.nn.Module):
 
 
 class _EchoDepth(torch.nn.Module):
+    """Its output is depth in metres: the real head's interface reads it through ``log_depth``."""
+
+    min_depth, max_depth = 1e-3, 250.0
+
+    def log_depth(self, raw):
+        return torch.log(raw.clamp_min(1e-6))
+
     def postprocess(self, raw, size):
         return torch.nn.functional.interpolate(raw, size=size, mode="bilinear")[:, 0]
 

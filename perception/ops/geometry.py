@@ -10,8 +10,12 @@ Predictions map back by dropping the padding and resizing to the original ``(h, 
   centre -> stride-4 cell), so there is no intermediate full-size network map and no half-pixel drift; cells
   that cover only padding are left out (the last image cell is repeated), so no padding bleeds into the borders.
 
+- class ids (segmentation) are the arg-max of those resized logits, computed without them
+  (``argmax_to_original``): the arg-max on the head's grid, gathered to the original pixels by the same map, and
+  the K logits blended only at the pixels whose four neighbouring cells disagree.
+
 ``dense_to_original`` (PyTorch) and ``dense_to_original_numpy`` (the numpy reference for ONNX callers) compute
-the same thing.
+the same thing, as do ``argmax_to_original`` and ``argmax_to_original_numpy``.
 """
 from __future__ import annotations
 
@@ -206,6 +210,78 @@ def dense_to_original_numpy(x: np.ndarray, letterbox: Letterbox) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     rows = x[:, y0] * (1 - wy)[None, :, None] + x[:, y1] * wy[None, :, None]       # [C, height, w]
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx                          # [C, height, width]
+
+
+def _argmax_taps(letterbox: Letterbox, grid_size: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Bilinear taps (rows y0, y1, wy; columns x0, x1, wx) of every original pixel into the valid cells of a
+    map on ``grid_size`` (the whole grid over the padded input)."""
+    scale_y, scale_x = _dense_scales(letterbox, grid_size)
+    rows, cols = _valid_cells(letterbox, grid_size)
+    return (*_linear_taps(letterbox.height, rows, scale_y), *_linear_taps(letterbox.width, cols, scale_x))
+
+
+def argmax_to_original(logits: Tensor, letterbox: Letterbox) -> Tensor:
+    """The arg-max of :func:`dense_to_original`'s resized logits, without resizing K float channels.
+
+    A bilinear sample is a convex blend of its four neighbouring cells, so where those four cells share their
+    arg-max the sample has it too: every such pixel takes the class id of the head's grid (one int channel
+    gathered). Only the pixels whose four cells disagree (the class boundaries, a few percent of a picture) are
+    blended, K logits each. The result equals the arg-max of the full-size resize except on exact ties.
+
+    Args:
+        logits (Tensor[K, h, w]): one image's scores on a regular grid over the padded input.
+        letterbox: the image's letterbox.
+
+    Returns:
+        Tensor[height, width] int64 class ids.
+    """
+    grid = tuple(logits.shape[-2:])
+    rows, cols = _valid_cells(letterbox, grid)
+    logits = logits[:, :rows, :cols].float()
+    y0, y1, wy, x0, x1, wx = (torch.from_numpy(t).to(logits.device) for t in _argmax_taps(letterbox, grid))
+    # The grid's arg-max, with -1 on every cell whose quad (itself and its right, lower and lower-right
+    # neighbours; the last row and column repeat, as the clamped taps do) does not share one arg-max.
+    ids = logits.max(0).indices                                                   # [rows, cols]
+    down = torch.cat([ids[1:], ids[-1:]], 0)
+    right = torch.cat([ids[:, 1:], ids[:, -1:]], 1)
+    diag = torch.cat([down[:, 1:], down[:, -1:]], 1)
+    ids = ids.masked_fill((ids != down) | (ids != right) | (ids != diag), -1)
+    # One gather of one int channel to the original pixels (each pixel's quad is the one at its top-left tap).
+    source = (y0[:, None] * cols + x0[None, :]).view(-1)                          # [height * width]
+    out = ids.view(-1).index_select(0, source)
+    flat = (out < 0).nonzero().squeeze(1)
+    if flat.numel():
+        # Channels last (a copy of the small grid only), so that each gathered pixel reads K contiguous logits.
+        cells = logits.permute(1, 2, 0).reshape(rows * cols, -1)                  # [rows * cols, K]
+        py, px = flat // letterbox.width, flat % letterbox.width
+        gy0, gy1, gx0, gx1 = y0[py] * cols, y1[py] * cols, x0[px], x1[px]
+        wy1, wx1 = wy[py, None], wx[px, None]
+        top = cells.index_select(0, gy0 + gx0) * (1 - wx1) + cells.index_select(0, gy0 + gx1) * wx1   # [N, K]
+        bottom = cells.index_select(0, gy1 + gx0) * (1 - wx1) + cells.index_select(0, gy1 + gx1) * wx1
+        out[flat] = (top * (1 - wy1) + bottom * wy1).max(1).indices
+    return out.view(letterbox.height, letterbox.width)
+
+
+def argmax_to_original_numpy(logits: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+    """Numpy twin of :func:`argmax_to_original`: ndarray[K, h, w] -> ndarray[height, width] int64."""
+    grid = tuple(logits.shape[-2:])
+    rows, cols = _valid_cells(letterbox, grid)
+    logits = logits[:, :rows, :cols].astype(np.float32, copy=False)
+    y0, y1, wy, x0, x1, wx = _argmax_taps(letterbox, grid)
+    ids = logits.argmax(0)
+    down = np.concatenate([ids[1:], ids[-1:]], 0)
+    right = np.concatenate([ids[:, 1:], ids[:, -1:]], 1)
+    diag = np.concatenate([down[:, 1:], down[:, -1:]], 1)
+    mixed = (ids != down) | (ids != right) | (ids != diag)
+    out = ids[y0][:, x0]
+    py, px = np.nonzero(mixed[y0][:, x0])
+    if py.size:
+        gy0, gy1, gx0, gx1 = y0[py], y1[py], x0[px], x1[px]
+        wy1, wx1 = wy[py], wx[px]
+        top = logits[:, gy0, gx0] * (1 - wx1) + logits[:, gy0, gx1] * wx1
+        bottom = logits[:, gy1, gx0] * (1 - wx1) + logits[:, gy1, gx1] * wx1
+        out[py, px] = (top * (1 - wy1) + bottom * wy1).argmax(0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- evaluation geometry

@@ -1,6 +1,7 @@
 """The monocular depth task type: a 1/4-scale dense branch on P2..P5, metres, Eigen et al.'s metrics."""
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.ops.draw import colorize_depth, depth_range
-from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original_numpy
+from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original, dense_to_original_numpy
 from perception.tasks.base import Task
 from perception.tasks.depth.config import DepthConfig
 from perception.tasks.depth.head import DepthHead
@@ -82,8 +83,19 @@ class DepthTask(Task):
         metric.update(prediction, target, image_sizes(meta))
 
     # ------------------------------------------------------------------------------- inference and pictures
-    # predict: the base class's dense path (the raw map resized to the original image, then decoded to metres:
-    # for the ``log`` parameterisation that is a resize in log space, so sharp depth edges stay sharp).
+    def predict(self, head: nn.Module, output: Tensor, letterboxes: Sequence[Letterbox], **options: Any
+                ) -> list[dict[str, Any]]:
+        """Depth in metres at each original image's size: the head's log-depth, clamped on its own grid, resized
+        once to the original pixels (``dense_to_original``: a resize in log space keeps depth edges sharp) and
+        exponentiated there in place. A bilinear blend of clamped values stays in the range, so the full-size
+        map needs no clamp; the ONNX path (``decode_numpy``) takes the same steps."""
+        log_min, log_max = math.log(head.min_depth), math.log(head.max_depth)
+        results = []
+        for i, box in enumerate(letterboxes):
+            log_depth = head.log_depth(output[i:i + 1].float()).clamp(log_min, log_max)   # [1, 1, h, w]
+            results.append(self.to_numpy(dense_to_original(log_depth, box)[0, 0].exp_()))
+        return results
+
     def to_numpy(self, prediction: Tensor) -> dict[str, Any]:
         return {"depth": prediction.detach().float().cpu().numpy()}
 
@@ -92,9 +104,10 @@ class DepthTask(Task):
 
     def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Letterbox, **options: Any
                      ) -> dict[str, Any]:
-        # Resized in log space, as the predictor resizes the head's log-depth.
-        log_depth = np.log(np.maximum(outputs["depth"], 1e-6))
-        return {"depth": np.exp(dense_to_original_numpy(log_depth, letterbox)[0]).astype(np.float32)}
+        # Resized in log space, as the predictor resizes the head's (clamped) log-depth, and exponentiated in place.
+        log_depth = np.log(np.maximum(outputs["depth"], 1e-6, dtype=np.float32))
+        depth = dense_to_original_numpy(log_depth, letterbox)[0]
+        return {"depth": np.exp(depth, out=depth)}
 
     def draw(self, image: np.ndarray, result: Mapping[str, Any], value_range: tuple[float, float] | None = None,
              **options: Any) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.ops.draw import class_palette, overlay_segmentation
-from perception.ops.geometry import Letterbox, crop_resize_nearest, dense_to_original_numpy
+from perception.ops.geometry import Letterbox, argmax_to_original, argmax_to_original_numpy, crop_resize_nearest
 from perception.tasks.base import Task
 from perception.tasks.common import IGNORE_INDEX, dense_batch
 from perception.tasks.segmentation.config import SegmentationConfig
@@ -65,7 +65,12 @@ class SegmentationTask(Task):
         return SegmentationMetric(self.cfg.num_classes, self.cfg.class_names, self.cfg.ignore_index, device)
 
     # ------------------------------------------------------------------------------- inference and pictures
-    # predict: the base class's dense path (logits resized to the original image, then the arg-max there).
+    def predict(self, head: nn.Module, output: Tensor, letterboxes: Sequence[Letterbox], **options: Any
+                ) -> list[dict[str, Any]]:
+        """Class ids at each original image's size: the arg-max of the logits bilinearly resized there (the base
+        class's coordinate map), computed without the full-size K-channel logits (``argmax_to_original``)."""
+        return [self.to_numpy(argmax_to_original(output[i], box)) for i, box in enumerate(letterboxes)]
+
     def _id_dtype(self) -> type:
         return np.uint8 if self.cfg.num_classes <= 256 else np.int32
 
@@ -78,8 +83,8 @@ class SegmentationTask(Task):
 
     def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Letterbox, **options: Any
                      ) -> dict[str, Any]:
-        logits = dense_to_original_numpy(outputs["logits"], letterbox)
-        return {"semantic": logits.argmax(0).astype(self._id_dtype()), "semantic_names": list(self.class_names)}
+        ids = argmax_to_original_numpy(outputs["logits"], letterbox)
+        return {"semantic": ids.astype(self._id_dtype()), "semantic_names": list(self.class_names)}
 
     def draw(self, image: np.ndarray, result: Mapping[str, Any], palette: np.ndarray | None = None,
              alpha: float = 0.55, **options: Any) -> np.ndarray:

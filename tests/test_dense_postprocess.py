@@ -1,0 +1,114 @@
+"""Cheap dense post-processing: segmentation ids without full-size K-channel logits, depth resized once in log
+space; both equal to the full-size bilinear reference, in PyTorch and in numpy."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _inference_utils import scene_image, tiny_config, tiny_model
+from perception.data.synthetic import generate_scene
+from perception.inference.predictor import Predictor
+from perception.ops.geometry import (argmax_to_original, argmax_to_original_numpy, dense_to_original,
+                                     dense_to_original_numpy, fit_letterbox)
+
+BOXES = [((120, 160), (128, 160)), ((94, 72), (64, 96)), ((75, 100), (64, 128)), ((30, 50), (64, 96))]
+
+
+def scene_logits(height: int, width: int, box, classes: int = 19, seed: int = 0) -> torch.Tensor:
+    """Logits a trained head could give on a generated street scene: the true classes' one-hot at the network
+    input, averaged over stride-4 cells (soft boundaries), plus noise (no exact ties)."""
+    semantic = generate_scene(index=seed, split="val", height=height, width=width)["semantic"]
+    ids = torch.from_numpy(semantic.astype(np.int64)).clamp(max=classes - 1)
+    one_hot = F.one_hot(ids, classes).permute(2, 0, 1)[None].float()
+    padded = torch.zeros(1, classes, *box.padded_size)
+    padded[..., :box.resized_height, :box.resized_width] = F.interpolate(one_hot, size=box.resized_size,
+                                                                         mode="nearest")
+    generator = torch.Generator().manual_seed(seed)
+    logits = F.avg_pool2d(padded, 4) * 4
+    return (logits + 0.3 * torch.randn(logits.shape, generator=generator))[0]
+
+
+@pytest.mark.parametrize("size, network", [((96, 128), (96, 128)), ((135, 101), (80, 80)), ((75, 100), (64, 128))])
+def test_ids_agree_with_the_full_size_logits_on_generated_scenes(size, network):
+    box = fit_letterbox(*size, network)
+    for seed in range(2):
+        logits = scene_logits(*size, box, seed=seed)
+        reference = dense_to_original(logits[None], box)[0].argmax(0)
+        ids = argmax_to_original(logits, box)
+        assert ids.shape == size and ids.dtype == torch.int64
+        # Equal but for near-ties at boundaries (the reference's scale carries a 1e-7 margin).
+        assert (ids == reference).float().mean().item() >= 0.999
+
+
+def test_ids_equal_the_grid_argmax_exactly_at_cell_centres():
+    # 192x288 into 256x384: 3 original pixels per stride-4 cell, so pixels 3k + 1 sit on cell centres.
+    box = fit_letterbox(192, 288, (256, 384))
+    logits = torch.randn(7, 64, 96, generator=torch.Generator().manual_seed(0))
+    ids = argmax_to_original(logits, box)
+    centres = ids[1::3, 1::3]
+    assert centres.shape == (64, 96)
+    assert torch.equal(centres, logits.argmax(0))
+    assert torch.equal(centres, dense_to_original(logits[None], box)[0].argmax(0)[1::3, 1::3])
+
+
+@pytest.mark.parametrize("size, network", BOXES)
+def test_torch_and_numpy_ids_are_identical(size, network):
+    box = fit_letterbox(*size, network)
+    logits = torch.randn(5, box.padded_height // 4, box.padded_width // 4, generator=torch.Generator().manual_seed(1))
+    ids = argmax_to_original(logits, box)
+    np.testing.assert_array_equal(ids.numpy(), argmax_to_original_numpy(logits.numpy(), box))
+    reference = dense_to_original(logits[None], box)[0].argmax(0)
+    assert (ids == reference).float().mean().item() >= 0.999
+
+
+def test_predictor_resizes_only_single_channel_maps_to_the_photo(monkeypatch):
+    cfg = tiny_config(["segmentation", "depth"], image_size=(64, 96))
+    predictor = Predictor(tiny_model(cfg), (64, 96))
+    photo = scene_image(0, 100, 150)
+    channels = []
+    interpolate = F.interpolate
+
+    def spy(x, *args, **kwargs):
+        out = interpolate(x, *args, **kwargs)
+        if tuple(out.shape[-2:]) == photo.shape[:2]:
+            channels.append(out.shape[1])
+        return out
+
+    monkeypatch.setattr(F, "interpolate", spy)
+    pred = predictor(photo)
+    assert pred.semantic.shape == photo.shape[:2] and pred.depth.shape == photo.shape[:2]
+    assert channels == [1]    # the depth map; segmentation resizes no float map at all
+
+
+def test_depth_is_the_clamped_log_depth_resized_once():
+    cfg = tiny_config(["depth"], image_size=(64, 96))
+    model = tiny_model(cfg)
+    box = fit_letterbox(75, 131, (64, 96))
+    head = model.heads["depth"]
+    raw = torch.randn(1, 1, box.padded_height // 4, box.padded_width // 4, generator=torch.Generator().manual_seed(2))
+    raw[0, 0, 0, :3] = torch.tensor([-50.0, 50.0, 0.0])   # beyond both clamps
+    task = model.task_specs["depth"]
+    depth = task.predict(head, raw, [box])[0]["depth"]
+    expected = torch.exp(dense_to_original(head.log_depth(raw).clamp(math.log(head.min_depth),
+                                                                     math.log(head.max_depth)), box))[0, 0]
+    np.testing.assert_allclose(depth, expected.numpy(), rtol=1e-6)
+    assert depth.min() >= head.min_depth * (1 - 1e-6) and depth.max() <= head.max_depth * (1 + 1e-6)
+    # The ONNX path decodes the exported (clamped) depth the same way.
+    exported = torch.exp(head.log_depth(raw)).clamp(head.min_depth, head.max_depth)[0].numpy()
+    numpy_depth = task.decode_numpy({"depth": exported}, box)["depth"]
+    np.testing.assert_allclose(numpy_depth, depth, rtol=1e-4)   # log and exp of float32 on the way
+    assert depth.shape == (75, 131)
+
+
+def test_postprocess_benchmark_runs_and_agrees(capsys):
+    import argparse
+
+    from perception.benchmark import postprocess
+
+    parser = argparse.ArgumentParser()
+    postprocess.add_arguments(parser)
+    result = postprocess.run(parser.parse_args(["--photo", "45x61", "--network", "64x96", "--repeats", "1"]))
+    assert len(result["rows"]) == 4 and all(row["agreement"] >= 0.99 for row in result["rows"])
+    assert "ratio" in capsys.readouterr().out
