@@ -80,3 +80,24 @@ def toy_loader_fn(train_size: int = 8, val_size: int = 4, height: int = 64, widt
                           num_workers=0)
 
     return build
+
+
+def crashing_loader_fn(fetches: int):
+    """The toy loaders, with the training loader raising while it fetches the batch after ``fetches``."""
+    def build(data_cfg, split, tasks, **kw):
+        loader = toy_loader_fn(train_size=6)(data_cfg, split, tasks, **kw)
+        if split != "train":
+            return loader
+
+        class Crash:
+            sampler = loader.sampler
+            fetched = 0
+
+            def __iter__(self):
+                for batch in loader:
+                    if Crash.fetched == fetches:
+                        raise KeyboardInterrupt("simulated crash")
+                    Crash.fetched += 1
+                    yield batch
+        return Crash()
+    return build

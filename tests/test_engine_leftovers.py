@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _engine_utils import tiny_config, toy_loader_fn
+from _engine_utils import crashing_loader_fn, tiny_config, toy_loader_fn
 from perception.engine.trainer import train
 from perception.engine.checkpoint import load_checkpoint, remove_temporary_files
 
@@ -54,27 +54,10 @@ def test_a_kill_while_saving_leaves_a_temporary_file_that_the_next_start_removes
 
 def test_after_a_resume_the_log_holds_every_step_once(tmp_path):
     steps = ["train.max_steps=6", "train.log_interval=1", "train.checkpoint_interval=3", "train.eval_interval=3"]
-
-    def crashing(data_cfg, split, tasks, **kw):
-        loader = toy_loader_fn(train_size=6)(data_cfg, split, tasks, **kw)
-        if split != "train":
-            return loader
-
-        class Crash:
-            sampler = loader.sampler
-            fetched = 0
-
-            def __iter__(self):
-                for batch in loader:
-                    if Crash.fetched == 5:  # steps 4 and 5 were logged, last.pt is step 3's
-                        raise KeyboardInterrupt("simulated kill")
-                    Crash.fetched += 1
-                    yield batch
-        return Crash()
-
+    # The kill comes while the data of step 6 is fetched: steps 4 and 5 were logged, last.pt is step 3's.
     cfg = tiny_config(tmp_path / "run", *steps)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, loader_fn=crashing)
+        train(cfg, loader_fn=crashing_loader_fn(5))
     log_path = tmp_path / "run" / "train_log.jsonl"
     with log_path.open("a") as f:
         f.write('{"step": 6, "loss/to')                 # a line cut short by the kill

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from _engine_utils import tiny_config, toy_loader_fn
+from _engine_utils import crashing_loader_fn, tiny_config, toy_loader_fn
 from perception.engine.evaluator import evaluate
 from perception.engine.trainer import NonFiniteLossError, train
 from perception.engine.checkpoint import load_checkpoint
@@ -56,26 +56,9 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     full = train(tiny_config(tmp_path / "full", *steps), loader_fn=toy_loader_fn(train_size=6))
 
     # The same run, crashing while it fetches the data of step 4 (after last.pt of step 3 was written).
-    def crashing(data_cfg, split, tasks, **kw):
-        loader = toy_loader_fn(train_size=6)(data_cfg, split, tasks, **kw)
-        if split != "train":
-            return loader
-
-        class Crash:
-            sampler = loader.sampler
-            fetched = 0
-
-            def __iter__(self):
-                for batch in loader:
-                    if Crash.fetched == 3:
-                        raise KeyboardInterrupt("simulated crash")
-                    Crash.fetched += 1
-                    yield batch
-        return Crash()
-
     cfg = tiny_config(tmp_path / "crashed", *steps)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, loader_fn=crashing)
+        train(cfg, loader_fn=crashing_loader_fn(3))
     assert load_checkpoint(tmp_path / "crashed" / "last.pt")["step"] == 3
     resumed = train(cfg, resume=tmp_path / "crashed" / "last.pt", loader_fn=toy_loader_fn(train_size=6))
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from _engine_utils import tiny_config, toy_loader_fn
+from _engine_utils import crashing_loader_fn, tiny_config, toy_loader_fn
 from perception.data.batch import collate
 from perception.engine.checkpoint import load_checkpoint
 from perception.engine.optim import build_lr_scheduler, build_optimizer, param_groups
@@ -94,27 +94,6 @@ def test_config_builds_famo_with_its_own_optimizer_settings():
         WeightingConfig(method="famo", famo_lr=0.0).validate()
 
 
-def _crashing_at(fetches: int):
-    """The toy loaders, with the training loader raising while it fetches the batch after ``fetches``."""
-    def build(data_cfg, split, tasks, **kw):
-        loader = toy_loader_fn(train_size=6)(data_cfg, split, tasks, **kw)
-        if split != "train":
-            return loader
-
-        class Crash:
-            sampler = loader.sampler
-            fetched = 0
-
-            def __iter__(self):
-                for batch in loader:
-                    if Crash.fetched == fetches:
-                        raise KeyboardInterrupt("simulated crash")
-                    Crash.fetched += 1
-                    yield batch
-        return Crash()
-    return build
-
-
 def test_a_tiny_run_trains_moves_the_logits_and_resumes_bit_exactly(tmp_path):
     steps = ["weighting.method=famo", "train.max_steps=6", "train.log_interval=1", "train.checkpoint_interval=3"]
     full = train(tiny_config(tmp_path / "full", *steps), loader_fn=toy_loader_fn(train_size=6))
@@ -128,7 +107,7 @@ def test_a_tiny_run_trains_moves_the_logits_and_resumes_bit_exactly(tmp_path):
 
     cfg = tiny_config(tmp_path / "crashed", *steps)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, loader_fn=_crashing_at(3))
+        train(cfg, loader_fn=crashing_loader_fn(3))
     assert load_checkpoint(tmp_path / "crashed" / "last.pt")["step"] == 3
     resumed = train(cfg, resume=tmp_path / "crashed" / "last.pt", loader_fn=toy_loader_fn(train_size=6))
     sb = load_checkpoint(resumed / "last.pt")
