@@ -8,21 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from _tool_utils import ROOT, load_tool
 from perception.data.datasets.bdd100k import BDD100KDataset, lane_mask
 from perception.data.io import DataError
 
 H, W = 36, 64
-
-
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _drivable(i: int) -> np.ndarray:

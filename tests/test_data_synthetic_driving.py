@@ -6,8 +6,6 @@ import json
 
 import cv2
 import numpy as np
-import pytest
-import torch
 
 from _tool_utils import ROOT, load_tool
 from perception.data.batch import LABEL_KEYS
@@ -18,15 +16,6 @@ from perception.data.transforms import JointTransform
 
 H, W = 64, 128
 TOL = 1e-3  # metres: float32 ground X against the float64 recomputation
-
-
-@pytest.fixture()
-def one_thread():
-    """The tiny network trains fastest on one thread; the results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ground_x(layout) -> np.ndarray:

@@ -24,16 +24,6 @@ from perception.tasks.normals.metric import NormalsMetric, angular_errors
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def one_thread():
-    """The tiny networks of the training tests run fastest on one thread (and far faster than several threads
-    competing for a busy machine's cores); the results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _at_angles(degrees) -> np.ndarray:
     """Unit vectors in the x-z plane at ``degrees`` from +z, as an [N, 3] array."""
     a = np.radians(np.asarray(degrees, np.float64))
