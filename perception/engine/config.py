@@ -49,6 +49,9 @@ class TrainConfig:
         num_overlays: prediction overlays written to TensorBoard at each evaluation.
         tensorboard: write TensorBoard event files in the run directory.
         progress: show a progress bar.
+        affinity_interval: measure the inter-task affinity (how a step on each task's loss moves every other
+            task's loss, docs/task_affinity.md) every this many steps, written to ``affinity.json`` and
+            ``affinity.png`` (0: off).
     """
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -84,6 +87,7 @@ class TrainConfig:
     num_overlays: int = 4
     tensorboard: bool = True
     progress: bool = True
+    affinity_interval: int = 0
 
     def validate(self) -> None:
         positive = {"lr": self.lr, "max_steps": self.max_steps, "accumulate": self.accumulate,
@@ -94,7 +98,8 @@ class TrainConfig:
         non_negative = {"weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
                         "grad_clip": self.grad_clip, "eval_interval": self.eval_interval,
                         "checkpoint_interval": self.checkpoint_interval, "num_overlays": self.num_overlays,
-                        "min_lr_ratio": self.min_lr_ratio, "backbone_lr_mult": self.backbone_lr_mult}
+                        "min_lr_ratio": self.min_lr_ratio, "backbone_lr_mult": self.backbone_lr_mult,
+                        "affinity_interval": self.affinity_interval}
         for name, value in non_negative.items():
             if value < 0:
                 raise ValueError(f"{name}: got {value}, expected a value >= 0")

@@ -87,6 +87,13 @@ class Monitor:
             self.writer.flush()
         self._log({"step": step, "eval": dict(metrics)})
 
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """TensorBoard scalars under their own tags (e.g. ``affinity/a->b``); the finite ones only."""
+        if self.writer is not None:
+            for key, value in values.items():
+                if math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+
     def message(self, text: str) -> None:
         """A line of text that does not break the progress bar."""
         if not self.enabled:

@@ -9,6 +9,7 @@ host synchronisation), check for runs of non-finite losses, log -> at the evalua
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -35,6 +36,8 @@ from perception.engine.step import TrainStep, make_grad_scaler, read_window
 from perception.metrics import higher_is_better, weighted_score
 from perception.models import build_model
 from perception.mtl import build_task_scheduler, build_weighting
+from perception.mtl.affinity import (AFFINITY_FILE, AFFINITY_PLOT, AffinityLog, lookahead_affinity, parameter_lrs,
+                                     plot_affinity, shared_parameter_names)
 
 LoaderFn = Callable[..., Any]  # (data_cfg, split, tasks, *, distributed, seed) -> DataLoader yielding Batch
 BAD_SAMPLES = "bad_samples.txt"  # one "step N: <file>: <reason>" line per sample skipped under data.skip_bad
@@ -148,6 +151,12 @@ class Trainer:
         self.best_step = -1
         self.last_metrics: dict[str, float] = {}
         self.monitor: Monitor | None = None
+        self.affinity: AffinityLog | None = None
+        if tc.affinity_interval:
+            if not shared_parameter_names(self.model):
+                raise ValueError(f"train.affinity_interval: model.sharing={cfg.model.sharing} shares no parameters "
+                                 "between the tasks, so there is no affinity to measure; set it to 0")
+            self.affinity = AffinityLog(self.tasks)
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -292,6 +301,24 @@ class Trainer:
             return True
         return False
 
+    # ------------------------------------------------------------------------------------------------ affinity
+    def _measure_affinity(self, batch) -> None:
+        """Inter-task affinity on this batch, before the step takes it (main process; one host synchronisation):
+        recorded in ``affinity.json``, drawn in ``affinity.png``, logged to TensorBoard as ``affinity/i->j``."""
+        if not self.ctx.is_main:
+            return
+        labelled = batch.present()
+        present = {t: labelled.get(spec.label, False) for t, spec in self.model.task_specs.items()}
+        lrs = parameter_lrs(self.model, self.optimizer)
+        matrix = lookahead_affinity(self.model, batch.images, batch, lrs, self.tasks, present).tolist()
+        self.affinity.add(self.step, matrix, max(lrs.values()))
+        self.affinity.save(self.run_dir / AFFINITY_FILE)
+        mean, _ = self.affinity.mean()
+        plot_affinity(self.tasks, mean, self.run_dir / AFFINITY_PLOT,
+                      f"inter-task affinity: mean of {len(self.affinity.measurements)} up to step {self.step}")
+        self.monitor.scalars(self.step, {f"affinity/{a}->{b}": matrix[i][j] for i, a in enumerate(self.tasks)
+                                         for j, b in enumerate(self.tasks)})
+
     # ------------------------------------------------------------------------------------------------- loop
     def _log_window(self, steps_done: int, images: int, elapsed: float) -> dict[str, float]:
         """Read the window's statistics (one host synchronisation), check non-finite runs, log."""
@@ -352,6 +379,11 @@ class Trainer:
                 notes.append(f"train_log.jsonl: dropped {dropped} line(s) after step {self.step}, where this run "
                              "starts")
         self.monitor = Monitor(self.run_dir, tc.max_steps, self.step, self.ctx.is_main, tc.progress, tc.tensorboard)
+        if self.affinity is not None and self.step and (self.run_dir / AFFINITY_FILE).is_file():
+            # A resumed run keeps the measurements up to its checkpoint and takes the later ones again.
+            self.affinity = AffinityLog.from_dict(json.loads((self.run_dir / AFFINITY_FILE).read_text("utf-8")),
+                                                  str(self.run_dir / AFFINITY_FILE))
+            self.affinity.keep_until(self.step)
         for note in notes:
             self.monitor.message(note)
         pin = self.device.type == "cuda"
@@ -361,6 +393,9 @@ class Trainer:
             while self.step < tc.max_steps:
                 # ---- data: the micro-batches of one optimizer step
                 micro = [next(batches).to(self.device, non_blocking=pin) for _ in range(tc.accumulate)]
+                # ---- which tasks help which, every train.affinity_interval steps (outside the step)
+                if self.affinity is not None and self.step and self.step % tc.affinity_interval == 0:
+                    self._measure_affinity(micro[0])
                 # ---- forward, backward, clip, step, EMA (no host synchronisation)
                 self.step_fn(micro, self.step)
                 self.step += 1
@@ -392,7 +427,8 @@ def train(cfg: Config, resume: str | Path | None = None, loader_fn: LoaderFn | N
     """Train a run from ``cfg`` (optionally resuming ``resume``); returns the run directory.
 
     Writes ``config.yaml``, ``train_log.jsonl``, TensorBoard events under ``tb/``, ``metrics.json`` (the last
-    evaluation), ``last.pt`` and ``best.pt`` into ``cfg.output_dir``.
+    evaluation), ``last.pt`` and ``best.pt`` (and with ``train.affinity_interval``, ``affinity.json`` and
+    ``affinity.png``) into ``cfg.output_dir``.
 
     Args:
         cfg: the run's config.
