@@ -217,8 +217,7 @@ def plot_affinity(tasks: Sequence[str], matrix: Sequence[Sequence[float | None]]
     fig = Figure(figsize=(1.1 * k + 2.2, 1.0 * k + 1.3), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["RdBu"].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#d9d9d9")
     image = ax.imshow(shown, cmap=cmap, vmin=-limit, vmax=limit)
     for i in range(k):
         for j in range(k):
