@@ -284,7 +284,7 @@ def test_tool_prints_the_answer_and_writes_configs_in_list_form(tmp_path, capsys
     assert task_groups.main(["--affinity", str(aff), "--networks", "2", "--config", str(base),
                              "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "2 measurements at steps 25..50" in text
+    assert "(2 measurements, steps 25..50)" in text
     assert "1. {detection, segmentation}  {depth}   score -6%" in text
     assert "answer: not all together" in text and "detection + depth: they hurt each other" in text
     files = sorted(out.glob("*.yaml"))
@@ -313,6 +313,15 @@ def test_tool_writes_configs_in_mapping_form(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_tool_averages_several_runs(tmp_path, capsys):
+    double = _affinity_file(tmp_path / "a.json", ["x", "y", "z"], [[2 * v for v in row] for row in Z3])
+    zero = _affinity_file(tmp_path / "b.json", ["x", "y", "z"], [[0.0] * 3] * 3)
+    assert task_groups.main(["--affinity", str(double), str(zero), "--networks", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "mean of 2 runs" in text and "1. {x, y}  {z}   score -6%" in text     # the mean is Z3
+    assert "range over the runs (min .. max)" in text and "-60% .. +0%" in text  # Z(x->z): -0.6 and 0
+
+
 @pytest.mark.parametrize("case, expected", [
     ("missing", "nope.json: No such file or directory"),
     ("not_json", "not valid JSON"),
@@ -322,10 +331,11 @@ def test_tool_writes_configs_in_mapping_form(tmp_path, capsys):
     ("zero_networks", "--networks: got 0, expected at least 1"),
     ("other_config", "not the affinity's task 'x'"),
     ("out_without_config", "--out: the group configs need --config"),
+    ("other_tasks", "runs to average must measure the same tasks"),
 ])
 def test_tool_bad_inputs_end_with_one_line_and_exit_2(tmp_path, capsys, case, expected):
     aff = tmp_path / "affinity.json"
-    args = ["--networks", "2"]
+    args, files = ["--networks", "2"], []
     if case == "missing":
         aff = tmp_path / "nope.json"
     elif case == "not_json":
@@ -346,5 +356,14 @@ def test_tool_bad_inputs_end_with_one_line_and_exit_2(tmp_path, capsys, case, ex
         args += ["--config", str(base)]
     elif case == "out_without_config":
         args += ["--out", str(tmp_path / "o")]
-    assert task_groups.main(["--affinity", str(aff), *args]) == 2
+    elif case == "other_tasks":
+        files.append(str(_affinity_file(tmp_path / "b.json", ["x", "y", "w"], Z3)))
+    assert task_groups.main(["--affinity", str(aff), *files, *args]) == 2
     assert expected in _error_line(capsys.readouterr().err)
+
+
+def test_tool_as_a_script_exits_2_on_a_missing_file(tmp_path):
+    from _tool_utils import run_script
+
+    result = run_script("tools/task_groups.py", "--affinity", str(tmp_path / "none.json"), "--networks", "2")
+    assert result.returncode == 2 and "none.json: No such file or directory" in _error_line(result.stderr)

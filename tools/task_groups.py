@@ -3,11 +3,12 @@
 
     python tools/train.py --config configs/synthetic_driving.yaml train.affinity_interval=25 output_dir=runs/aff
     python tools/task_groups.py --affinity runs/aff/affinity.json --networks 2
+    python tools/task_groups.py --affinity runs/aff_s0/affinity.json runs/aff_s1/affinity.json --networks 2
     python tools/task_groups.py --affinity runs/aff/affinity.json --networks 2 \\
         --config configs/synthetic_driving.yaml --out configs/groups        # + one training config per group
 
 Prints the mean affinity matrix (Z(i->j): how much one step on task i's loss lowers task j's loss, in percent of
-it), a verdict per pair of tasks (helps / hurts, share or not), and the best splits of the tasks into at most
+it; with several runs, their mean and each entry's range), a verdict per pair of tasks (helps / hurts, share or not), and the best splits of the tasks into at most
 --networks groups, ranked by the paper's score: the sum over tasks of the mean affinity their group's other
 members have onto them (a task alone scores 0). The search is exhaustive (up to 10 tasks). --overlap allows a task
 in several groups (each such network trains it; it is served by the best one).
@@ -38,12 +39,17 @@ def _pct(value: float) -> str:
     return f"{100 * value:+.3g}%"
 
 
-def format_matrix(tasks: list[str], z: list[list[float]]) -> str:
-    """The matrix as a text table, rows = the task stepped on, columns = the task measured."""
-    width = max(12, *(len(t) + 2 for t in tasks))
-    lines = ["step on \\ loss of".ljust(width) + "".join(t.rjust(width) for t in tasks)]
-    for name, row in zip(tasks, z):
-        lines.append(name.ljust(width) + "".join(_pct(v).rjust(width) for v in row))
+def format_matrix(tasks: list[str], z: list[list[float]],
+                  ranges: list[list[tuple[float, float]]] | None = None) -> str:
+    """The matrix (or, with ``ranges``, each entry's min .. max) as a text table, rows = the task stepped on,
+    columns = the task measured."""
+    cell = (lambda i, j: _pct(z[i][j])) if ranges is None else \
+        (lambda i, j: f"{_pct(ranges[i][j][0])} .. {_pct(ranges[i][j][1])}")  # noqa: E731
+    width = max(14, *(len(t) + 2 for t in tasks), *(len(cell(i, j)) + 2 for i in range(len(tasks))
+                                                     for j in range(len(tasks))))
+    lines = ["step on \\ loss of".ljust(18) + "".join(t.rjust(width) for t in tasks)]
+    for i, name in enumerate(tasks):
+        lines.append(name.ljust(18) + "".join(cell(i, j).rjust(width) for j in range(len(tasks))))
     return "\n".join(lines)
 
 
@@ -64,7 +70,8 @@ def answer(tasks: list[str], z: list[list[float]], best: Grouping, networks: int
     text = (f"not all together: with up to {networks} networks the affinity prefers {split} ({_pct(best.score)}, "
             f"against {_pct(together)} for one shared network)")
     if alone:
-        text += f"; {', '.join(alone)}: best on its own (no group with the others scores higher)"
+        text += (f"; {', '.join(alone)} on its own: put into any of the other groups, the total score would be "
+                 "lower")
     return text
 
 
@@ -111,7 +118,8 @@ def group_configs(config: Path, out: Path, groups: tuple[tuple[str, ...], ...]) 
 
 def _main(argv=None) -> int:
     parser = tool_parser(__doc__)
-    parser.add_argument("--affinity", required=True, help="affinity.json of a run (train.affinity_interval > 0)")
+    parser.add_argument("--affinity", required=True, nargs="+",
+                        help="affinity.json of a run (train.affinity_interval > 0); several (seeds): their mean")
     parser.add_argument("--networks", type=int, required=True, help="at most this many networks (groups)")
     parser.add_argument("--top", type=int, default=5, help="how many of the best splits to print")
     parser.add_argument("--overlap", action="store_true",
@@ -128,17 +136,31 @@ def _main(argv=None) -> int:
         raise ValueError("--out: the group configs need --config, the training config they start from")
     if args.overlap and args.config:
         raise ValueError("--config with --overlap: configs are written for the partition search (drop --overlap)")
-    path = Path(args.affinity)
-    tasks, z = read_affinity(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    steps = [m.get("step") for m in data.get("measurements", []) if isinstance(m, dict)]
+    paths = [Path(p) for p in args.affinity]
+    tasks, runs, described = None, [], []
+    for path in paths:
+        run_tasks, matrix = read_affinity(path)
+        if tasks is not None and run_tasks != tasks:
+            raise ValueError(f"{path}: tasks {run_tasks}, but {paths[0]} has {tasks}: runs to average must measure "
+                             "the same tasks")
+        tasks = run_tasks
+        runs.append(matrix)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        steps = [m.get("step") for m in data.get("measurements", []) if isinstance(m, dict)]
+        described.append(f"{path}" + (f" ({len(steps)} measurements, steps {steps[0]}..{steps[-1]})" if steps else ""))
+    k = len(tasks)
+    z = [[sum(r[i][j] for r in runs) / len(runs) for j in range(k)] for i in range(k)]
     search = best_overlapping if args.overlap else best_partitions
     ranked = search(tasks, z, args.networks, args.top)
 
-    where = f", {len(steps)} measurements at steps {steps[0]}..{steps[-1]}" if steps else ""
-    print(f"inter-task affinity {path}{where}\n(mean Z(i->j): how much one step on task i's loss lowers task j's "
-          "loss, in % of it; the diagonal is each task's step on itself)")
+    mean_of = f"mean of {len(runs)} runs" if len(runs) > 1 else "one run"
+    print(f"inter-task affinity, {mean_of}: {', '.join(described)}\n(mean Z(i->j): how much one step on task i's "
+          "loss lowers task j's loss, in % of it; the diagonal is each task's step on itself)")
     print(format_matrix(tasks, z))
+    if len(runs) > 1:
+        print("\nrange over the runs (min .. max):")
+        print(format_matrix(tasks, z, [[(min(r[i][j] for r in runs), max(r[i][j] for r in runs)) for j in range(k)]
+                                       for i in range(k)]))
     print("\nshould these tasks share a network? pair by pair:")
     for line in pair_verdicts(tasks, z):
         print(f"  {line}")
