@@ -395,7 +395,9 @@ class Trainer:
                 micro = [next(batches).to(self.device, non_blocking=pin) for _ in range(tc.accumulate)]
                 # ---- which tasks help which, every train.affinity_interval steps (outside the step)
                 if self.affinity is not None and self.step and self.step % tc.affinity_interval == 0:
+                    began = time.perf_counter()
                     self._measure_affinity(micro[0])
+                    window_start += time.perf_counter() - began  # the logged throughput stays the training's
                 # ---- forward, backward, clip, step, EMA (no host synchronisation)
                 self.step_fn(micro, self.step)
                 self.step += 1
