@@ -13,11 +13,11 @@ import torch
 import yaml
 from torch import nn
 
-from _engine_utils import tiny_config, toy_loader_fn
+from _engine_utils import crashing_loader_fn, tiny_config, toy_loader_fn
 from _tool_utils import load_tool
 from perception.config import load_config
 from perception.engine.checkpoint import load_checkpoint
-from perception.engine.trainer import Trainer
+from perception.engine.trainer import Trainer, train
 from perception.models import build_model
 from perception.mtl.affinity import (AffinityLog, best_overlapping, best_partitions, group_score,
                                      lookahead_affinity, pair_verdicts, parameter_lrs, set_partitions)
@@ -177,6 +177,21 @@ def test_trainer_writes_affinity_json_heat_map_and_scalars_and_trains_the_same(t
     assert _same(a["model"], b["model"]) and _same(a["optimizer"], b["optimizer"]) and _same(a["rng"], b["rng"])
 
 
+def test_a_resumed_run_measures_as_the_uninterrupted_one(tmp_path, one_thread):
+    steps = ["train.max_steps=4", "train.checkpoint_interval=2", "train.affinity_interval=1"]
+    full = train(tiny_config(tmp_path / "full", *steps), loader_fn=toy_loader_fn(train_size=6))
+    cfg = tiny_config(tmp_path / "crashed", *steps)
+    with pytest.raises(KeyboardInterrupt):  # after step 3 and the measurements at steps 1 and 2; last.pt at 2
+        train(cfg, loader_fn=crashing_loader_fn(3))
+    assert [m["step"] for m in json.loads((tmp_path / "crashed" / "affinity.json").read_text())["measurements"]] \
+        == [1, 2]
+    resumed = train(cfg, resume=tmp_path / "crashed" / "last.pt", loader_fn=toy_loader_fn(train_size=6))
+    a = json.loads((full / "affinity.json").read_text())
+    b = json.loads((resumed / "affinity.json").read_text())
+    assert [m["step"] for m in b["measurements"]] == [1, 2, 3]       # step 2 measured once, again after the resume
+    assert a["measurements"] == b["measurements"] and a["mean"] == b["mean"]
+
+
 def test_affinity_needs_shared_parameters(tmp_path):
     with pytest.raises(ValueError, match="model.sharing=soft shares no parameters"):
         Trainer(tiny_config(tmp_path, "model.sharing=soft", "train.affinity_interval=5"), toy_loader_fn())
@@ -194,7 +209,7 @@ def test_log_mean_skips_missing_entries_and_round_trips(tmp_path):
     data = json.loads((tmp_path / "affinity.json").read_text())
     assert data["measurements"][0]["matrix"][0][1] is None         # NaN is written as null
     again = AffinityLog.from_dict(data)
-    again.keep_until(10)
+    again.keep_before(20)
     assert [m["step"] for m in again.measurements] == [10] and again.mean()[1] == [[1, 0], [1, 1]]
 
 

@@ -383,7 +383,7 @@ class Trainer:
             # A resumed run keeps the measurements up to its checkpoint and takes the later ones again.
             self.affinity = AffinityLog.from_dict(json.loads((self.run_dir / AFFINITY_FILE).read_text("utf-8")),
                                                   str(self.run_dir / AFFINITY_FILE))
-            self.affinity.keep_until(self.step)
+            self.affinity.keep_before(self.step)
         for note in notes:
             self.monitor.message(note)
         pin = self.device.type == "cuda"

@@ -155,9 +155,10 @@ class AffinityLog:
             raise ValueError(f"affinity at step {step}: expected a {k}x{k} matrix for {self.tasks}")
         self.measurements.append({"step": int(step), "lr": lr, "matrix": [[float(v) for v in r] for r in matrix]})
 
-    def keep_until(self, step: int) -> None:
-        """Drop the measurements after ``step`` (a resumed run measures them again)."""
-        self.measurements = [m for m in self.measurements if m["step"] <= step]
+    def keep_before(self, step: int) -> None:
+        """Keep the measurements taken before the steps up to ``step`` (a run resumed at ``step`` takes the
+        measurement at ``step``, before its next step, and the later ones again)."""
+        self.measurements = [m for m in self.measurements if m["step"] < step]
 
     def mean(self) -> tuple[list[list[float]], list[list[int]]]:
         """The mean over the measurements of each entry (NaN entries left out), and how many entered it."""
