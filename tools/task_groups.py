@@ -8,9 +8,9 @@
         --config configs/synthetic_driving.yaml --out configs/groups        # + one training config per group
 
 Prints the mean affinity matrix (Z(i->j): how much one step on task i's loss lowers task j's loss, in percent of
-it; with several runs, their mean and each entry's range), a verdict per pair of tasks (helps / hurts, share or not), and the best splits of the tasks into at most
---networks groups, ranked by the paper's score: the sum over tasks of the mean affinity their group's other
-members have onto them (a task alone scores 0). The search is exhaustive (up to 10 tasks). --overlap allows a task
+it; with several runs, their mean and each entry's range), a verdict per pair of tasks (helps / hurts, share or
+not), and the best splits of the tasks into at most --networks groups, ranked by the paper's score: the sum over
+tasks of the mean affinity their group's other members have onto them (a task alone scores 0). The search is exhaustive (up to 10 tasks). --overlap allows a task
 in several groups (each such network trains it; it is served by the best one).
 
 With --config (the training config of the run), --out receives one YAML per group of the best split: its

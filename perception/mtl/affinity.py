@@ -119,13 +119,12 @@ def lookahead_affinity(model: nn.Module, images: Tensor, batch: Any, lr: float |
                            for (name, leaf), g in zip(leaves.items(), grad)}
                 after.append(losses({**params, **stepped}))
             after = torch.stack(after)                                                       # [K(i), K(j)]
-    z = 1.0 - after / before
-    valid = torch.isfinite(before) & (before > 0)
-    if present is not None:
-        mask = torch.tensor([bool(present.get(t, True)) for t in tasks], device=z.device)
-        valid = valid & mask
-        z = torch.where(mask[:, None], z, torch.nan)
-    return torch.where(valid[None, :], z, torch.nan)
+    z = torch.where((torch.isfinite(before) & (before > 0))[None, :], 1.0 - after / before, torch.nan)
+    for index, task in enumerate(tasks):  # in place, with host indices: no host-to-device copy
+        if present is not None and not present.get(task, True):
+            z[index, :] = torch.nan
+            z[:, index] = torch.nan
+    return z
 
 
 # ------------------------------------------------------------------------------------------------ the record
