@@ -8,8 +8,8 @@ Learning", NeurIPS 2021) measures how a step on one task's loss moves every othe
 Only the shared parameters ``theta_s`` (``model.shared_parameters()``) take the look-ahead step; every task's own
 parameters ``theta_j`` stay. ``Z > 0``: a step on ``i`` lowers ``j``'s loss (``i`` helps ``j``); ``Z < 0``: it
 raises it (negative transfer). The paper steps with the optimizer's own update; here the look-ahead is a plain SGD
-step with each parameter's current learning rate, the usual simplification (AdamW's update direction is not the
-gradient's, so its Z would differ in scale, not in what it measures).
+step with each parameter's current learning rate, the usual simplification (AdamW rescales the gradient per
+coordinate, so its Z can differ; the SGD step measures what task i's gradient itself does to the other tasks).
 
 The measurement (:func:`lookahead_affinity`) calls the network through ``torch.func.functional_call`` with its
 parameters swapped for detached copies and its buffers for clones: the network, its ``.grad`` fields, the
