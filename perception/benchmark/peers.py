@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,8 +30,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from perception.benchmark.common import machine_info, markdown_table, print_table, write_json, write_text
-from perception.benchmark.scales import (ROOT, add_variant_arguments, conditions, default_variants, gflops,
-                                         count_params, parse_variant, read_photo, time_predictors, variant_config)
+from perception.benchmark.scales import (ROOT, add_variant_arguments, conditions, default_variants,
+                                         measure_variant, parse_variant, read_photo)
 
 WORKER = Path(__file__).with_name("peers_worker.py")
 DEFAULT_PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
@@ -160,28 +159,14 @@ def run(args: argparse.Namespace) -> dict:
     python = check_peers_python(args.peers_python)
     if args.threads:
         torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
     info = run_worker(python, ["--info"], args.timeout)
     image_path = args.image or str(Path(info["assets"]) / "bus.jpg")
     variants = [parse_variant(v) for v in (args.variants or default_variants())]
     image = read_photo(image_path, "")
-    ours = []
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in variants:
-            cfg = variant_config(args.config, variant)
-            torch.manual_seed(0)
-            from perception.benchmark.model import build_from_config
-
-            model = build_from_config(cfg.model, torch.device("cpu"))
-            row = {"variant": variant.name, "overrides": ",".join(variant.overrides),
-                   "backbone": cfg.model.backbone.name, "params_M": count_params(model) / 1e6,
-                   "gflops_640": gflops(model, (640, 640))}
-            row.update(time_predictors(model, image, args.image_size, args.backends, args.warmup, args.repeats,
-                                       threads, Path(tmp), variant.name))
-            ours.append(row)
-            del model
+        ours = [measure_variant(args.config, v, image, args, Path(tmp), ratio=False) for v in variants]
     peers = run_worker(python, ["--models", *args.peers_models, "--image", image_path, "--imgsz",
-                                str(max(args.image_size)), "--threads", str(threads), "--warmup", str(args.warmup),
+                                str(max(args.image_size)), "--threads", str(torch.get_num_threads()), "--warmup", str(args.warmup),
                                 "--repeats", str(args.repeats)], args.timeout)
     rows = ratio_rows(ours, peers["rows"], args.backends)
     line = conditions(image, args.image_size, args, Path(image_path).name)
@@ -196,7 +181,8 @@ def run(args: argparse.Namespace) -> dict:
     table = markdown_table(rows, COLUMNS)
     print()
     print(table)
-    notes = "".join(f"Missing: `{m['model']}` is not in Ultralytics {peers['ultralytics']}.\n" for m in peers["missing"])
+    notes = "".join(f"Missing: `{m['model']}` is not in Ultralytics {peers['ultralytics']}.\n"
+                    for m in peers["missing"])
     write_text(f"{table}\n{line}.\n{notes}", args.markdown)
     result = {"benchmark": "peers", "machine": machine_info(torch.device("cpu")), "conditions": line,
               "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "ours": ours,
