@@ -124,5 +124,5 @@ def test_a_tiny_scales_table_has_its_columns_and_the_real_parameter_count(tmp_pa
     assert header == "| model | backbone | params (M) | GFLOPs 640 | CPU eager (ms) | multi / 3 single |"
     assert rule == "|---|---|---|---|---|---|"
     assert line.startswith(f"| tiny | test_resnet | {row['params_M']:.2f} | ")
-    assert "1 threads" in result["conditions"] and "48x40 fitted into 64x64" in result["conditions"]
+    assert "1 thread," in result["conditions"] and "48x40 fitted into 64x64" in result["conditions"]
     assert header in capsys.readouterr().out

@@ -165,12 +165,13 @@ def run(args: argparse.Namespace) -> dict:
     image = read_photo(image_path, "")
     with tempfile.TemporaryDirectory() as tmp:
         ours = [measure_variant(args.config, v, image, args, Path(tmp), ratio=False) for v in variants]
-    peers = run_worker(python, ["--models", *args.peers_models, "--image", image_path, "--imgsz",
-                                str(max(args.image_size)), "--threads", str(torch.get_num_threads()), "--warmup", str(args.warmup),
-                                "--repeats", str(args.repeats)], args.timeout)
+    peers = run_worker(python, ["--models", *args.peers_models, "--image", image_path,
+                                "--imgsz", str(max(args.image_size)), "--threads", str(torch.get_num_threads()),
+                                "--warmup", str(args.warmup), "--repeats", str(args.repeats)], args.timeout)
     rows = ratio_rows(ours, peers["rows"], args.backends)
     line = conditions(image, args.image_size, args, Path(image_path).name)
-    line += f"; Ultralytics {peers['ultralytics']} (torch {peers['torch']}, {peers['threads']} threads)"
+    line += f"; Ultralytics {peers['ultralytics']} (torch {peers['torch']}, {peers['threads']} thread" \
+            f"{'s' * (peers['threads'] != 1)})"
     print(f"ours against Ultralytics YOLO26n: {line}")
     for missing in peers["missing"]:
         print(f"missing: {missing['model']} is not in Ultralytics {peers['ultralytics']} ({missing['error']})")

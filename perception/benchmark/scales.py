@@ -206,7 +206,9 @@ def measure_variant(config: str, variant: Variant, image: np.ndarray, args: argp
 def conditions(image: np.ndarray, image_size: Sequence[int], args: argparse.Namespace, source: str) -> str:
     """One line: what the milliseconds were measured on."""
     info = machine_info(torch.device("cpu"))
-    return (f"{info['cpu']} ({info['cpu_count']} cores), {torch.get_num_threads()} threads, torch {info['torch']}; "
+    threads = torch.get_num_threads()
+    return (f"{info['cpu']} ({info['cpu_count']} cores), {threads} thread{'s' * (threads != 1)}, "
+            f"torch {info['torch']}; "
             f"{source} {image.shape[0]}x{image.shape[1]} fitted into {image_size[0]}x{image_size[1]}; median of "
             f"{args.repeats} after {args.warmup} warm-up, random weights")
 
