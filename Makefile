@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean peers-venv
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Ultralytics in its own environment (.venv-peers), for `python tools/benchmark.py peers`; never a dependency.
+peers-venv:
+	bash tools/peers_venv.sh
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

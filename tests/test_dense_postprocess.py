@@ -110,5 +110,8 @@ def test_postprocess_benchmark_runs_and_agrees(capsys):
     parser = argparse.ArgumentParser()
     postprocess.add_arguments(parser)
     result = postprocess.run(parser.parse_args(["--photo", "45x61", "--network", "64x96", "--repeats", "1"]))
-    assert len(result["rows"]) == 4 and all(row["agreement"] >= 0.99 for row in result["rows"])
+    assert len(result["rows"]) == 8 and all(row["agreement"] >= 0.99 for row in result["rows"])
+    # The detection rows: the kept-candidates decode gives exactly the every-location decode's detections.
+    boxes = [row for row in result["rows"] if row["output"].startswith("boxes")]
+    assert len(boxes) == 4 and all(row["agreement"] == 1.0 for row in boxes)
     assert "ratio" in capsys.readouterr().out

@@ -8,5 +8,7 @@ SUBCOMMANDS = {
     "predictor": ("perception.benchmark.predictor", "predictor end to end: multi-task vs three single-task, ms/image"),
     "postprocess": ("perception.benchmark.postprocess", "dense post-processing: ours vs the full-size reference"),
     "train": ("perception.benchmark.train", "training images/s of a config: fp32 vs AMP vs channels_last vs compile"),
+    "scales": ("perception.benchmark.scales", "model table per variant: params, GFLOPs, CPU ms eager and onnxruntime"),
+    "peers": ("perception.benchmark.peers", "our Predictor against Ultralytics YOLO26n on the same photo"),
     "data": ("perception.benchmark.data", "data loading samples/s per worker (Cityscapes-sized, train augmentation)"),
 }

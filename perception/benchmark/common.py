@@ -36,11 +36,22 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeat
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -63,4 +74,28 @@ def write_json(result: dict[str, Any], path: str | os.PathLike | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print(f"wrote {path}")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A GitHub markdown table of ``rows``: ``columns`` are (key, header) pairs; missing values print as ``-``."""
+    lines = ["| " + " | ".join(header for _, header in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_md(row.get(key)) for key, _ in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def write_text(text: str, path: str | os.PathLike | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
         print(f"wrote {path}")

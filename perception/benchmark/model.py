@@ -7,6 +7,7 @@ multi-task gain); running all of them is what a user without a shared model woul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
@@ -35,7 +36,12 @@ def default_tasks() -> dict[str, dict]:
 
 
 def _build(backbone: str, tasks: dict[str, dict], device, channels_last: bool):
-    cfg = from_dict(ModelConfig, {"tasks": tasks, "backbone": {"name": backbone}})
+    return build_from_config(from_dict(ModelConfig, {"tasks": tasks, "backbone": {"name": backbone}}), device,
+                             channels_last)
+
+
+def build_from_config(cfg: ModelConfig, device, channels_last: bool = False):
+    """The network of ``cfg`` in eval mode on ``device``."""
     from perception.models import build_model
 
     model = build_model(cfg).to(device).eval()
@@ -44,9 +50,17 @@ def _build(backbone: str, tasks: dict[str, dict], device, channels_last: bool):
     return model
 
 
-def measure_backbone(backbone: str, size, batch: int, device: torch.device, amp: str, channels_last: bool,
-                     warmup: int, repeats: int) -> dict:
-    """Latency of the multi-task forward and of the single-task forwards (one per task), with their ratio."""
+def single_task_configs(cfg: ModelConfig) -> dict[str, ModelConfig]:
+    """One config per task of ``cfg``: the same network with that task's head alone (named and set as in
+    ``cfg``)."""
+    spec = tasks_to_spec(cfg.build_tasks())
+    return {name: dataclasses.replace(cfg, tasks={name: settings}) for name, settings in spec.items()}
+
+
+def measure_config(cfg: ModelConfig, size, batch: int, device: torch.device, amp: str = "none",
+                   channels_last: bool = False, warmup: int = 2, repeats: int = 7) -> dict:
+    """Latency of the multi-task forward of ``cfg`` and of its single-task forwards (one per task), with their
+    ratio (``multi_ms / single_total_ms``)."""
     images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device).float()
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -58,14 +72,13 @@ def measure_backbone(backbone: str, size, batch: int, device: torch.device, amp:
                 model(images)
         return run
 
-    tasks = default_tasks()
-    multi = _build(backbone, tasks, device, channels_last)
-    row = {"backbone": backbone, "params_multi_M": sum(p.numel() for p in multi.parameters()) / 1e6}
+    multi = build_from_config(cfg, device, channels_last)
+    row = {"params_multi_M": sum(p.numel() for p in multi.parameters()) / 1e6}
     row["multi_ms"] = time_fn(forward_fn(multi), device, warmup, repeats)["median_ms"]
     del multi
     singles_ms, singles_params = 0.0, 0.0
-    for task, spec in tasks.items():
-        single = _build(backbone, {task: spec}, device, channels_last)
+    for task, single_cfg in single_task_configs(cfg).items():
+        single = build_from_config(single_cfg, device, channels_last)
         singles_params += sum(p.numel() for p in single.parameters()) / 1e6
         ms = time_fn(forward_fn(single), device, warmup, repeats)["median_ms"]
         row[f"{task}_ms"] = ms
@@ -75,6 +88,13 @@ def measure_backbone(backbone: str, size, batch: int, device: torch.device, amp:
     row["params_single_total_M"] = singles_params
     row["ratio"] = row["multi_ms"] / singles_ms
     return row
+
+
+def measure_backbone(backbone: str, size, batch: int, device: torch.device, amp: str, channels_last: bool,
+                     warmup: int, repeats: int) -> dict:
+    """Latency of the default tasks' multi-task forward and single-task forwards on ``backbone``."""
+    cfg = from_dict(ModelConfig, {"tasks": default_tasks(), "backbone": {"name": backbone}})
+    return {"backbone": backbone, **measure_config(cfg, size, batch, device, amp, channels_last, warmup, repeats)}
 
 
 def run(args: argparse.Namespace) -> dict:

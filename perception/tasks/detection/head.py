@@ -1,8 +1,9 @@
 """FCOS: anchor-free dense detection (Tian et al., ICCV 2019), as torchvision's FCOS behaves.
 
 Three named pieces, as in torchvision: ``FCOSHead.forward`` returns raw tensors, ``FCOSHead.compute_loss``
-assigns targets and computes the losses (``perception.tasks.detection.loss``), ``FCOSHead.postprocess`` decodes,
-thresholds, keeps the top-k per level and runs class-wise NMS.
+assigns targets and computes the losses (``perception.tasks.detection.loss``), ``FCOSHead.postprocess``
+thresholds, keeps the top-k per level, decodes those candidates' boxes and runs class-wise NMS
+(``perception.tasks.detection.decode``).
 
 Target assignment (per location and ground-truth box): the location lies inside the box, within
 ``center_sampling_radius`` strides of its centre, and its largest distance to a side lies in the level's range
@@ -16,9 +17,9 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from perception.ops.boxes import ltrb_to_boxes
+from perception.tasks.detection.decode import fcos_postprocess
 from perception.tasks.detection.loss import fcos_losses
 from perception.ops.layers import conv_gn_relu
 
@@ -240,31 +241,7 @@ class FCOSHead(nn.Module):
         Returns:
             per image ``{"boxes": Tensor[N, 4], "scores": Tensor[N], "labels": Tensor[N]}``, in input pixels.
         """
-        cls_prob = outputs["cls_logits"].float().sigmoid()
-        ctr_prob = outputs["centerness"].float().sigmoid()
-        scores_all = torch.sqrt(cls_prob * ctr_prob.unsqueeze(-1))                         # [B, A, C]
-        boxes_all = ltrb_to_boxes(outputs["points"].unsqueeze(0), outputs["box_regression"].float())
-        num_per_level = outputs["num_per_level"]
         thresh = self.score_thresh if score_thresh is None else score_thresh
-        results = []
-        for scores_per_image, boxes_per_image in zip(scores_all, boxes_all):
-            image_boxes, image_scores, image_labels = [], [], []
-            start = 0
-            for n in num_per_level:
-                scores_per_level = scores_per_image[start:start + n].flatten()             # [n * C]
-                boxes_per_level = boxes_per_image[start:start + n]
-                start += n
-                keep = torch.nonzero(scores_per_level > thresh).squeeze(1)
-                scores_kept = scores_per_level[keep]
-                if len(keep) > self.topk_candidates:
-                    scores_kept, order = scores_kept.topk(self.topk_candidates)
-                    keep = keep[order]
-                image_scores.append(scores_kept)
-                image_boxes.append(boxes_per_level[keep // self.num_classes])
-                image_labels.append(keep % self.num_classes)
-            boxes = clip_boxes_to_image(torch.cat(image_boxes), image_size)
-            scores = torch.cat(image_scores)
-            labels = torch.cat(image_labels)
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return results
+        return fcos_postprocess(outputs["cls_logits"], outputs["box_regression"], outputs["centerness"],
+                                outputs["points"], outputs["num_per_level"], image_size, thresh, self.nms_thresh,
+                                self.topk_candidates, self.detections_per_img)

@@ -1,0 +1,128 @@
+"""tools/benchmark.py scales and peers, without Ultralytics: the peers' answer parsed, the ratios on fixed
+numbers, the one-line errors when the peers environment is missing, and a tiny end-to-end scales table."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import yaml
+
+from _tool_utils import load_tool
+from perception.benchmark.peers import parse_peers_output, peer_totals, ratio_rows, target_lines
+from perception.benchmark.scales import parse_variant, split_overrides
+
+benchmark_tool = load_tool("tools/benchmark.py")
+
+ANSWER = {"ultralytics": "8.4.0", "torch": "2.14.1", "threads": 2, "assets": "/x/assets", "missing": [],
+          "rows": [{"model": "yolo26n.yaml", "task": "detect", "params": 2_500_000, "gflops_640": 6.0,
+                    "median_ms": 100.0},
+                   {"model": "yolo26n-sem.yaml", "task": "semantic", "params": 1_500_000, "gflops_640": 4.0,
+                    "median_ms": 150.0},
+                   {"model": "yolo26n-depth.yaml", "task": "depth", "params": 5_000_000, "gflops_640": 30.0,
+                    "median_ms": 350.0}]}
+
+
+def test_peers_answer_is_the_last_json_line_after_any_chatter():
+    stdout = "Ultralytics settings updated\n{not json\n" + json.dumps(ANSWER) + "\n"
+    assert parse_peers_output(stdout) == ANSWER
+
+
+@pytest.mark.parametrize("stdout,words", [
+    ("", "no JSON answer"),
+    ("Traceback ...\nImportError: boom\n", "no JSON answer"),
+    (json.dumps({"error": "/venv/bin/python: cannot import ultralytics (No module named 'ultralytics')"}),
+     "bash tools/peers_venv.sh"),
+    (json.dumps({"ultralytics": "8.4.0", "missing": []}), "'rows'"),
+])
+def test_a_bad_peers_answer_is_one_line_naming_the_problem(stdout, words):
+    with pytest.raises(ValueError) as err:
+        parse_peers_output(stdout, "/venv/bin/python")
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ratios_against_the_detector_and_the_three_models():
+    ours = [{"variant": "n", "params_M": 1.0, "gflops_640": 3.0, "eager_ms": 80.0, "onnx_ms": 50.0},
+            {"variant": "s", "params_M": 4.0, "gflops_640": 9.0, "eager_ms": 330.0}]
+    assert peer_totals(ANSWER["rows"]) == {"detect": 100.0, "all": 600.0}
+    rows = ratio_rows(ours, ANSWER["rows"], ["eager", "onnx"])
+    # Three peer rows, their sum, then n eager, n onnx, s eager (s has no onnx time: no row).
+    assert [r["ms"] for r in rows] == [100.0, 150.0, 350.0, 600.0, 80.0, 50.0, 330.0]
+    assert rows[3]["params_M"] == pytest.approx(9.0) and rows[3]["gflops_640"] == pytest.approx(40.0)
+    n_eager, n_onnx, s_eager = rows[4:]
+    assert n_eager["vs_detect"] == pytest.approx(0.8) and n_eager["vs_all"] == pytest.approx(80 / 600)
+    assert n_onnx["vs_detect"] == pytest.approx(0.5)
+    assert s_eager["vs_all"] == pytest.approx(0.55)
+    lines = target_lines(rows)
+    assert len(lines) == 3
+    assert lines[0].startswith("ours n, PyTorch eager: 0.80x YOLO26n detect alone") and lines[0].endswith(" met")
+    assert lines[1].startswith("ours n, onnxruntime: 0.50x") and lines[1].endswith(" met")
+    assert lines[2].startswith("ours s, PyTorch eager: 0.55x the YOLO26n models together")
+    assert lines[2].endswith("NOT met")
+
+
+def test_without_a_detector_among_the_peers_there_is_no_detector_ratio():
+    rows = ratio_rows([{"variant": "n", "params_M": 1.0, "gflops_640": 3.0, "eager_ms": 60.0}],
+                      ANSWER["rows"][1:], ["eager"])
+    assert "vs_detect" not in rows[-1] and rows[-1]["vs_all"] == pytest.approx(0.12)
+    assert target_lines(rows) == []
+
+
+def test_variants_split_on_commas_outside_brackets():
+    assert split_overrides("a.b=1, c=[x,y],d={e: 1, f: 2}") == ["a.b=1", "c=[x,y]", "d={e: 1, f: 2}"]
+    v = parse_variant("light:model.neck.channels=64,model.tasks=[detection,depth]")
+    assert v.name == "light" and v.overrides == ["model.neck.channels=64", "model.tasks=[detection,depth]"]
+    assert parse_variant("demo").overrides == [] and parse_variant("demo:").overrides == []
+    for bad in (":a=1", "x:a"):
+        with pytest.raises(ValueError, match="variant"):
+            parse_variant(bad)
+
+
+def test_peers_without_its_environment_is_one_line_with_the_command(tmp_path, capsys):
+    assert benchmark_tool.main(["peers", "--peers-python", str(tmp_path / "nope" / "python")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "bash tools/peers_venv.sh" in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ultralytics") is not None, reason="this Python has Ultralytics")
+def test_peers_with_a_python_lacking_ultralytics_is_one_line_with_the_command(capsys):
+    # The real worker subprocess, run by this test's own Python, which has no Ultralytics.
+    assert benchmark_tool.main(["peers", "--peers-python", sys.executable]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "cannot import ultralytics" in err and "bash tools/peers_venv.sh" in err
+
+
+TINY = {"model": {"backbone": {"name": "test_resnet"}, "neck": {"channels": 16},
+                  "detection": {"num_classes": 2, "num_convs": 1}, "segmentation": {"num_classes": 3, "channels": 8},
+                  "depth": {"channels": 8}},
+        "data": {"image_size": [64, 64]}}
+
+
+def test_a_tiny_scales_table_has_its_columns_and_the_real_parameter_count(tmp_path, capsys, one_thread):
+    from perception.config import load_config
+    from perception.models import build_model
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    out_json, out_md = tmp_path / "scales.json", tmp_path / "scales.md"
+    assert benchmark_tool.main(["scales", "--config", str(config), "--variants", "tiny:model.neck.channels=8",
+                                "--image-size", "64", "64", "--photo", "48x40", "--repeats", "1", "--warmup", "0",
+                                "--backends", "eager", "--json", str(out_json), "--markdown", str(out_md)]) == 0
+    result = json.loads(out_json.read_text())
+    (row,) = result["rows"]
+    model = build_model(load_config(config, ["model.neck.channels=8"]).model)
+    assert row["variant"] == "tiny" and row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["params_M"] == pytest.approx(row["params"] / 1e6)
+    assert row["gflops_640"] > 0 and row["eager_ms"] > 0 and "onnx_ms" not in row
+    assert row["eager_pre_ms"] > 0 and row["eager_post_ms"] > 0
+    # The forward ratio: the multi-task forward over its three single-task models', at the padded photo size.
+    assert row["forward_size"] == "64x64"
+    assert row["multi_vs_single"] == pytest.approx(row["multi_ms"] / row["single_total_ms"])
+    header, rule, line = out_md.read_text().splitlines()[:3]
+    assert header == "| model | backbone | params (M) | GFLOPs 640 | CPU eager (ms) | multi / 3 single |"
+    assert rule == "|---|---|---|---|---|---|"
+    assert line.startswith(f"| tiny | test_resnet | {row['params_M']:.2f} | ")
+    assert "1 thread," in result["conditions"] and "48x40 fitted into 64x64" in result["conditions"]
+    assert header in capsys.readouterr().out
