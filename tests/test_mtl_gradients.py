@@ -1,6 +1,7 @@
 """Gradient methods: each one's defining property, the gradients they write, AMP and absent tasks."""
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_jacobi_eigendecomposition_matches_lapack(seed):
 
 
 # ------------------------------------------------------------------------------ backward on a shared network
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl"])
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad"])
 def test_backward_writes_the_combined_gradient_and_heads_get_their_own(method):
     torch.manual_seed(0)
     model = TinyMultiTask(TASKS)
@@ -180,15 +181,19 @@ def test_mgda_on_features_equals_weights_times_task_gradients():
     assert ((z @ direction) >= -1e-7).all()
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "gradnorm"])
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad", "db_mtl",
+                                    "gradnorm"])
 def test_amp_scaled_backward_matches_the_unscaled_one_and_skips_on_overflow(method):
     torch.manual_seed(0)
     model = TinyMultiTask(TASKS)
     x, y = regression_data(TASKS)
     weighting = build_weighting(WeightingConfig(method=method), TASKS)
     params = list(model.parameters()) + list(weighting.parameters())
+    weighting.shared_parameters_fn(model)
+    initial = copy.deepcopy(weighting.state_dict())       # DB-MTL's moving averages: the same start for both
 
     def step(scale, features_too=True):
+        weighting.load_state_dict(initial)
         model.zero_grad()
         weighting.zero_grad()
         outputs, features = model(x, return_features=True)
@@ -222,7 +227,7 @@ def test_amp_scaled_backward_matches_the_unscaled_one_and_skips_on_overflow(meth
     assert scaler.get_scale() < 1024.0
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl"])
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad"])
 def test_absent_and_scheduled_out_tasks_get_no_update(method):
     torch.manual_seed(0)
     model = TinyMultiTask(TASKS)
@@ -247,7 +252,7 @@ def test_gradient_methods_train_a_shared_network():
     torch.manual_seed(0)
     start = {t: l.item() for t, l in mse_losses(TinyMultiTask(TASKS, hidden=16)(x), y).items()}
     final = {}
-    for method in ["equal", "pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl"]:
+    for method in ["equal", "pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad"]:
         torch.manual_seed(0)
         model = TinyMultiTask(TASKS, hidden=16)
         weighting = build_weighting(WeightingConfig(method=method), TASKS)
