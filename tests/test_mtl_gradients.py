@@ -266,8 +266,10 @@ def test_gradient_methods_train_a_shared_network():
         assert all(final[method][t] < 0.5 * start[t] for t in TASKS), (method, final[method], start)
 
 
-def test_mgda_on_the_real_pyramid_equals_the_weighted_parameter_gradients():
-    # P6/P7 are computed from P5: replacing each level's gradient must still give sum_k a_k dL_k/dtheta.
+@pytest.mark.parametrize("sharing", ["hard", "mtan"])
+def test_mgda_on_the_real_pyramid_equals_the_weighted_parameter_gradients(sharing):
+    # P6/P7 are computed from P5: replacing each level's gradient must still give sum_k a_k dL_k/dtheta; with
+    # task attention between the pyramid and the heads too (the attention modules belong to their tasks).
     import numpy as np
 
     from _mtl_utils import tiny_model
@@ -275,15 +277,19 @@ def test_mgda_on_the_real_pyramid_equals_the_weighted_parameter_gradients():
     from scenes import toy_scene
 
     torch.manual_seed(0)
-    model = tiny_model()
+    model = tiny_model(sharing=sharing)
     batch = collate([toy_scene(np.random.default_rng(0), 64, 64) for _ in range(2)])
     outputs, features = model(batch.images, return_features=True)
     assert len(features) == 6
     losses, _ = model.compute_losses(outputs, batch)
     shared = list(model.shared_parameters())
     reference = per_task_grads(model, losses, shared)
+    own = {t: torch.autograd.grad(losses[t], list(model.task_parameters(t)), retain_graph=True) for t in model.tasks}
     model.zero_grad()
     _, weights = MGDA(model.tasks).backward(losses, model.shared_parameters, shared_features=features)
     alpha = torch.stack([weights[t] for t in model.tasks])
     assert alpha.min() > 0 and alpha.sum().item() == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(flat_grad(shared), alpha @ reference, atol=2e-5, rtol=1e-4)
+    for t in model.tasks:                       # heads (and attention modules): their own, unweighted gradient
+        for p, g in zip(model.task_parameters(t), own[t]):
+            torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
