@@ -58,8 +58,8 @@ def test_adapter_and_attention_by_hand():
     with torch.no_grad():
         adapter.up.bias.fill_(0.5)
     torch.testing.assert_close(adapter(x), x + 0.5)
-    # Zero convolutions: the mask is sigmoid(BN bias) everywhere (eval: running statistics 0 and 1).
-    attention = TaskAttention(6, 2, from_below=True).eval()
+    # Zero convolutions: the normalised maps are 0, so the mask is sigmoid(last GroupNorm's bias) everywhere.
+    attention = TaskAttention(6, 2, from_below=True)
     with torch.no_grad():
         for conv in (attention.mask[0], attention.mask[3]):
             conv.weight.zero_()

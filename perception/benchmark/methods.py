@@ -2,6 +2,7 @@
 the time of one training step under each weighting / gradient method, as ratios to hard sharing and equal weights.
 
     python tools/benchmark.py methods --backbone resnet18 --size 192 384 --batch 2 --threads 2
+    python tools/benchmark.py methods --config configs/synthetic_driving.yaml --size 128 256   # a config's model
 
 A training step here is forward + losses + ``weighting.backward`` (the part a method changes), on a batch of
 synthetic driving scenes; the optimizer step is the same for every method and left out.
@@ -19,11 +20,14 @@ from perception.models.sharing import PENALTY_KEY
 from perception.mtl import WEIGHTING_METHODS, WeightingConfig, build_weighting
 from perception.utils.configurable import from_dict
 
-SHARING_MODES = ("hard", "soft", "cross_stitch")
+SHARING_MODES = ("hard", "soft", "cross_stitch", "mtan", "adapters")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="resnet18", help="timm model name (the same for every mode)")
+    parser.add_argument("--config", default="", help="take the model section (tasks, backbone, neck, heads) from "
+                        "this config file; default: the default model")
+    parser.add_argument("--backbone", default="", help="timm model name, the same for every mode (default: the "
+                        "config's, or resnet18)")
     parser.add_argument("--size", nargs=2, type=int, default=[192, 384], metavar=("H", "W"), help="input size")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--sharing", nargs="*", default=list(SHARING_MODES), choices=SHARING_MODES,
@@ -37,20 +41,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default="", help="write the results here")
 
 
-def synthetic_batch(batch: int, size: tuple[int, int], device: torch.device) -> Batch:
-    """``batch`` synthetic driving scenes of ``size`` with the labels of the default model's tasks."""
+def model_config(config: str, backbone: str) -> ModelConfig:
+    """The model section of ``config`` (default: the default model), with ``backbone`` (if given), untrained."""
+    if config:
+        from perception.config import load_config
+
+        cfg = load_config(config, ["model.backbone.pretrained=false"]).model
+    else:
+        cfg = from_dict(ModelConfig, {"backbone": {"name": "resnet18"}})
+    if backbone:
+        cfg.backbone.name = backbone
+    return cfg
+
+
+def synthetic_batch(batch: int, size: tuple[int, int], device: torch.device,
+                    cfg: ModelConfig | None = None) -> Batch:
+    """``batch`` synthetic driving scenes of ``size`` with the labels of ``cfg``'s tasks (default: the default
+    model's)."""
     from perception.data.synthetic import generate_scene
 
     samples = [generate_scene(i, "val", 0, size[0], size[1]) for i in range(batch)]
-    labels = list(dict.fromkeys(task.label for task in ModelConfig().build_tasks().values()))
+    labels = list(dict.fromkeys(task.label for task in (cfg or ModelConfig()).build_tasks().values()))
     return collate(samples, labels=labels).to(device)
 
 
-def build(backbone: str, sharing: str, device: torch.device) -> torch.nn.Module:
-    """The default model (its tasks and their settings: the synthetic scenes' classes) in a sharing mode."""
+def build(cfg: ModelConfig | str, sharing: str, device: torch.device) -> torch.nn.Module:
+    """The model of ``cfg`` (or the default model with this backbone name) in a sharing mode."""
+    import copy
+
     from perception.models import build_model
 
-    cfg = from_dict(ModelConfig, {"backbone": {"name": backbone}, "sharing": sharing})
+    cfg = model_config("", cfg) if isinstance(cfg, str) else copy.deepcopy(cfg)
+    cfg.sharing = sharing
+    cfg.validate()
     return build_model(cfg).to(device)
 
 
@@ -81,7 +104,7 @@ def measure_sharing(args, batch: Batch, device: torch.device) -> list[dict]:
     rows = []
     for mode in args.sharing:
         torch.manual_seed(0)
-        model = build(args.backbone, mode, device)
+        model = build(args._model, mode, device)
         weighting = build_weighting(WeightingConfig(method="equal"), model.tasks).to(device)
 
         def forward():
@@ -105,7 +128,7 @@ def measure_sharing(args, batch: Batch, device: torch.device) -> list[dict]:
 
 def measure_methods(args, batch: Batch, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
-    model = build(args.backbone, "hard", device).train()
+    model = build(args._model, "hard", device).train()
     rows = []
     for method in args.methods:
         weighting = build_weighting(WeightingConfig(method=method), model.tasks).to(device)
@@ -123,9 +146,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    batch = synthetic_batch(args.batch, tuple(args.size), device)
-    header = (f"{args.backbone}, batch {args.batch}, {args.size[0]}x{args.size[1]}, {device}, "
-              f"median of {args.repeats}")
+    args._model = model_config(args.config, args.backbone)
+    batch = synthetic_batch(args.batch, tuple(args.size), device, args._model)
+    header = (f"{args.config or 'default model'}, {args._model.backbone.name}, batch {args.batch}, "
+              f"{args.size[0]}x{args.size[1]}, {device}, median of {args.repeats}")
     sharing = measure_sharing(args, batch, device) if args.sharing else []
     if sharing:
         print(f"sharing modes: parameters, inference forward and training step (forward + backward); {header}")

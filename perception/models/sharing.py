@@ -36,6 +36,7 @@ from perception.models.backbone import TimmBackbone
 from perception.models.config import ModelConfig
 from perception.models.multitask import MultiTaskModel
 from perception.models.neck import FPN, pyramid_output_parameters
+from perception.ops.layers import num_groups
 from perception.tasks import Task
 
 PENALTY_KEY = "sharing/penalty"  # the loss component of no task: the weighting's unweighted ``extra`` term
@@ -250,7 +251,7 @@ class CrossStitchModel(PerTaskTrunkModel):
 
 
 class TaskAttention(nn.Module):
-    """MTAN's attention module for one task and one pyramid level: ``a = sigmoid(BN(conv1x1(ReLU(BN(conv1x1(x))))))
+    """MTAN's attention module for one task and one pyramid level: ``a = sigmoid(GN(conv1x1(ReLU(GN(conv1x1(x))))))
     * p``, with ``x`` the shared level ``p``, or ``p`` concatenated with the task's attended level below (the next
     finer one, resized to ``p``'s size) as in the paper's encoder.
 
@@ -264,9 +265,11 @@ class TaskAttention(nn.Module):
         super().__init__()
         self.from_below = from_below
         inputs = 2 * channels if from_below else channels
-        self.mask = nn.Sequential(nn.Conv2d(inputs, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
+        # GroupNorm where the paper has BatchNorm, as in the heads: P6/P7 of a small input are 1 or 2 pixels, which
+        # batch statistics of a batch of one cannot normalise.
+        self.mask = nn.Sequential(nn.Conv2d(inputs, hidden, 1, bias=False), nn.GroupNorm(num_groups(hidden), hidden),
                                   nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1, bias=False),
-                                  nn.BatchNorm2d(channels), nn.Sigmoid())
+                                  nn.GroupNorm(num_groups(channels), channels), nn.Sigmoid())
 
     def forward(self, shared: Tensor, below: Tensor | None = None) -> Tensor:
         """Args: shared (Tensor[B, C, H, W]): the shared level; below: the task's attended finer level, or None.
