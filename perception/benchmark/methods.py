@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sharing modes to measure (none: skip the table)")
     parser.add_argument("--methods", nargs="*", default=[m for m in WEIGHTING_METHODS if m != "fixed"],
                         choices=WEIGHTING_METHODS)
+    parser.add_argument("--forward-only", action="store_true",
+                        help="sharing table: measure the inference forward only (no training step)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -114,7 +116,8 @@ def measure_sharing(args, batch: Batch, device: torch.device) -> list[dict]:
         model.eval()
         forward_ms = time_fn(forward, device, args.warmup, args.repeats)["median_ms"]
         model.train()
-        step_ms = time_fn(training_step_fn(model, weighting, batch), device, args.warmup, args.repeats)["median_ms"]
+        step_ms = (float("nan") if args.forward_only else
+                   time_fn(training_step_fn(model, weighting, batch), device, args.warmup, args.repeats)["median_ms"])
         rows.append({"sharing": mode, "params_M": _count(model.parameters()),
                      "shared_params_M": _count(model.shared_parameters()), "forward_ms": forward_ms,
                      "train_step_ms": step_ms})
