@@ -79,6 +79,17 @@ def build(cfg: ModelConfig | str, sharing: str, device: torch.device) -> torch.n
     return build_model(cfg).to(device)
 
 
+def forward_gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """GFLOPs of one inference forward (torch's FLOP counter: convolutions and matrix products), independent of
+    the machine's load."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(images)
+    return counter.get_total_flops() / 1e9
+
+
 def _count(params) -> float:
     return sum(p.numel() for p in params) / 1e6
 
@@ -113,18 +124,22 @@ def measure_sharing(args, batch: Batch, device: torch.device) -> list[dict]:
             with torch.inference_mode():
                 model(batch.images)
 
-        model.eval()
-        forward_ms = time_fn(forward, device, args.warmup, args.repeats)["median_ms"]
+        gflops = forward_gflops(model, batch.images)
+        forward_times = time_fn(forward, device, args.warmup, args.repeats)
         model.train()
-        step_ms = (float("nan") if args.forward_only else
-                   time_fn(training_step_fn(model, weighting, batch), device, args.warmup, args.repeats)["median_ms"])
+        step_times = ({"median_ms": float("nan"), "min_ms": float("nan")} if args.forward_only else
+                      time_fn(training_step_fn(model, weighting, batch), device, args.warmup, args.repeats))
+        # The minimum too: on a machine shared with other work it is the steadier of the two.
         rows.append({"sharing": mode, "params_M": _count(model.parameters()),
-                     "shared_params_M": _count(model.shared_parameters()), "forward_ms": forward_ms,
-                     "train_step_ms": step_ms})
+                     "shared_params_M": _count(model.shared_parameters()), "forward_gflops": gflops,
+                     "forward_ms": forward_times["median_ms"],
+                     "forward_min_ms": forward_times["min_ms"], "train_step_ms": step_times["median_ms"],
+                     "train_step_min_ms": step_times["min_ms"]})
         del model
     base = next((r for r in rows if r["sharing"] == "hard"), rows[0])
     for r in rows:
         r["forward_ratio"] = r["forward_ms"] / base["forward_ms"]
+        r["gflops_ratio"] = r["forward_gflops"] / base["forward_gflops"]
         r["step_ratio"] = r["train_step_ms"] / base["train_step_ms"]
     return rows
 
@@ -156,8 +171,9 @@ def run(args: argparse.Namespace) -> dict:
     sharing = measure_sharing(args, batch, device) if args.sharing else []
     if sharing:
         print(f"sharing modes: parameters, inference forward and training step (forward + backward); {header}")
-        print_table(sharing, ["sharing", "params_M", "shared_params_M", "forward_ms", "forward_ratio",
-                              "train_step_ms", "step_ratio"])
+        print_table(sharing, ["sharing", "params_M", "shared_params_M", "forward_gflops", "gflops_ratio",
+                              "forward_ms", "forward_min_ms", "forward_ratio", "train_step_ms", "train_step_min_ms",
+                              "step_ratio"])
     methods = measure_methods(args, batch, device) if args.methods else []
     if methods:
         print(f"\nweighting methods: training step (forward + losses + method backward), hard sharing; {header}")

@@ -17,8 +17,8 @@ the paper); every task reads its own mixed C2..C5 through its own FPN.
 features: a soft attention mask multiplied into the shared level (MTAN), or a residual correction started at zero
 (adapters, so that training starts at exactly hard sharing). See :class:`TaskAdaptedModel`.
 
-All modes keep ``MultiTaskModel``'s API (``forward``, ``compute_losses``, ``postprocess``, ``shared_parameters``), so the
-trainer and the predictor work unchanged. The soft penalty is returned by ``compute_losses`` as the one
+All modes keep ``MultiTaskModel``'s API (``forward``, ``compute_losses``, ``postprocess``, ``shared_parameters``), so
+the trainer and the predictor work unchanged. The soft penalty is returned by ``compute_losses`` as the one
 component that carries a gradient, ``components[PENALTY_KEY]``; the trainer hands it to the weighting as its
 ``extra`` term, which every method adds unweighted (it belongs to no task), so that losses meet in one place.
 """
