@@ -10,8 +10,8 @@ The moving averages are a buffer ``grad_ema`` of shape ``[K, P]`` (``P``: the nu
 LibMTL's implementation, whose default ``beta = 0.9`` is taken here; with the 1 - beta weight on the first
 gradient of a zero-initialised average, the first steps are smaller (a built-in warm-up). The buffer is allocated
 once, in :meth:`DBMTL.shared_parameters_fn` (before the training step's first snapshot), saved in checkpoints and
-restored by a skipped step; a task absent from a step keeps its row. It costs ``4 K P`` bytes of memory (60 MB for
-three tasks on resnet10t's 5 M shared parameters). Under distributed training each rank averages its own gradients
+restored by a skipped step; a task absent from a step keeps its row. It costs ``4 K P`` bytes of memory (62 MB for
+three tasks on the demo model's 5.2 M shared parameters). Under distributed training each rank averages its own gradients
 (the per-rank approximation of every gradient method here) and the combined gradient is then averaged.
 """
 from __future__ import annotations
