@@ -28,8 +28,10 @@ OPTIMIZERS = {"adamw": ["train.optimizer=adamw"],
               "sgd_nesterov": ["train.optimizer=sgd", "train.momentum=0.9", "train.nesterov=true", "train.lr=0.01"]}
 # Weightings with state of each kind: learned parameters (uncertainty), buffers fed in the forward (DWA), and
 # parameters renormalised plus a buffer written inside weighting.backward (GradNorm).
-# FAMO: buffers written after the optimizer step, from a second forward (post_step).
-CASES = [("adamw", "uncertainty"), ("sgd", "gradnorm"), ("sgd_nesterov", "dwa"), ("adamw", "famo")]
+# FAMO: buffers written after the optimizer step, from a second forward (post_step). DB-MTL: a [K, P] buffer of
+# gradient averages written inside weighting.backward, allocated at set-up.
+CASES = [("adamw", "uncertainty"), ("sgd", "gradnorm"), ("sgd_nesterov", "dwa"), ("adamw", "famo"),
+         ("adamw", "db_mtl")]
 # Which step is skipped and how: at the very first step (optimizer state not yet touched), right after one real
 # step (the state written once) and later. "forward": NaN activations, so the BatchNorm statistics of that
 # forward are NaN; "loss": an infinite depth label; "grad": a NaN gradient from a finite loss.
@@ -147,6 +149,8 @@ def test_a_skipped_step_leaves_every_state_tensor_bit_identical(optimizer, weigh
             assert changed, f"step {index} trained nothing"
             if weighting == "famo":  # and the logits moved after the optimizer step
                 assert not torch.equal(before["weighting.logits"], after["weighting.logits"]), index
+            if weighting == "db_mtl":  # and the gradient averages moved
+                assert not torch.equal(before["weighting.grad_ema"], after["weighting.grad_ema"]), index
         else:
             _assert_same(before, after, f"step {index} ({kind})")
         assert step.lr_scheduler.last_epoch == index + 1   # the LR schedule moves on, skipped or not

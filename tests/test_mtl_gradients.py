@@ -1,6 +1,7 @@
 """Gradient methods: each one's defining property, the gradients they write, AMP and absent tasks."""
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_jacobi_eigendecomposition_matches_lapack(seed):
 
 
 # ------------------------------------------------------------------------------ backward on a shared network
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl"])
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad"])
 def test_backward_writes_the_combined_gradient_and_heads_get_their_own(method):
     torch.manual_seed(0)
     model = TinyMultiTask(TASKS)
@@ -180,15 +181,19 @@ def test_mgda_on_features_equals_weights_times_task_gradients():
     assert ((z @ direction) >= -1e-7).all()
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "gradnorm"])
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad", "db_mtl",
+                                    "gradnorm"])
 def test_amp_scaled_backward_matches_the_unscaled_one_and_skips_on_overflow(method):
     torch.manual_seed(0)
     model = TinyMultiTask(TASKS)
     x, y = regression_data(TASKS)
     weighting = build_weighting(WeightingConfig(method=method), TASKS)
     params = list(model.parameters()) + list(weighting.parameters())
+    weighting.shared_parameters_fn(model)
+    initial = copy.deepcopy(weighting.state_dict())       # DB-MTL's moving averages: the same start for both
 
     def step(scale, features_too=True):
+        weighting.load_state_dict(initial)
         model.zero_grad()
         weighting.zero_grad()
         outputs, features = model(x, return_features=True)
@@ -222,7 +227,7 @@ def test_amp_scaled_backward_matches_the_unscaled_one_and_skips_on_overflow(meth
     assert scaler.get_scale() < 1024.0
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl"])
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad"])
 def test_absent_and_scheduled_out_tasks_get_no_update(method):
     torch.manual_seed(0)
     model = TinyMultiTask(TASKS)
@@ -247,7 +252,7 @@ def test_gradient_methods_train_a_shared_network():
     torch.manual_seed(0)
     start = {t: l.item() for t, l in mse_losses(TinyMultiTask(TASKS, hidden=16)(x), y).items()}
     final = {}
-    for method in ["equal", "pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl"]:
+    for method in ["equal", "pcgrad", "mgda", "cagrad", "aligned_mtl", "nash_mtl", "upgrad"]:
         torch.manual_seed(0)
         model = TinyMultiTask(TASKS, hidden=16)
         weighting = build_weighting(WeightingConfig(method=method), TASKS)
@@ -261,8 +266,10 @@ def test_gradient_methods_train_a_shared_network():
         assert all(final[method][t] < 0.5 * start[t] for t in TASKS), (method, final[method], start)
 
 
-def test_mgda_on_the_real_pyramid_equals_the_weighted_parameter_gradients():
-    # P6/P7 are computed from P5: replacing each level's gradient must still give sum_k a_k dL_k/dtheta.
+@pytest.mark.parametrize("sharing", ["hard", "mtan"])
+def test_mgda_on_the_real_pyramid_equals_the_weighted_parameter_gradients(sharing):
+    # P6/P7 are computed from P5: replacing each level's gradient must still give sum_k a_k dL_k/dtheta; with
+    # task attention between the pyramid and the heads too (the attention modules belong to their tasks).
     import numpy as np
 
     from _mtl_utils import tiny_model
@@ -270,15 +277,19 @@ def test_mgda_on_the_real_pyramid_equals_the_weighted_parameter_gradients():
     from scenes import toy_scene
 
     torch.manual_seed(0)
-    model = tiny_model()
+    model = tiny_model(sharing=sharing)
     batch = collate([toy_scene(np.random.default_rng(0), 64, 64) for _ in range(2)])
     outputs, features = model(batch.images, return_features=True)
     assert len(features) == 6
     losses, _ = model.compute_losses(outputs, batch)
     shared = list(model.shared_parameters())
     reference = per_task_grads(model, losses, shared)
+    own = {t: torch.autograd.grad(losses[t], list(model.task_parameters(t)), retain_graph=True) for t in model.tasks}
     model.zero_grad()
     _, weights = MGDA(model.tasks).backward(losses, model.shared_parameters, shared_features=features)
     alpha = torch.stack([weights[t] for t in model.tasks])
     assert alpha.min() > 0 and alpha.sum().item() == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(flat_grad(shared), alpha @ reference, atol=2e-5, rtol=1e-4)
+    for t in model.tasks:                       # heads (and attention modules): their own, unweighted gradient
+        for p, g in zip(model.task_parameters(t), own[t]):
+            torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)

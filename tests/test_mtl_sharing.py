@@ -103,13 +103,18 @@ def test_soft_sharing_penalty_is_zero_when_tied_and_pulls_parameters_together(ba
     torch.testing.assert_close(components[PENALTY_KEY], model.sharing_penalty(["segmentation", "depth"]))
 
 
-@pytest.mark.parametrize("sharing", ["hard", "soft", "cross_stitch"])
+@pytest.mark.parametrize("sharing", ["hard", "soft", "cross_stitch", "mtan", "adapters"])
 def test_every_sharing_mode_keeps_the_model_api(sharing, batch):
     torch.manual_seed(0)
     model = tiny_model(sharing=sharing)
+    if sharing == "adapters":                                         # away from their zero start
+        with torch.no_grad():
+            for p in model.task_modules.parameters():
+                p.normal_(0, 0.1)
     outputs, features = model(batch.images, return_features=True)
     assert set(outputs) == set(TASKS)
-    assert (features is not None) == (sharing == "hard")              # a pyramid shared by all tasks, or none
+    # A pyramid shared by all tasks, or none.
+    assert (features is not None) == (sharing in ("hard", "mtan", "adapters"))
     task_losses, _ = model.compute_losses(outputs, batch)
     assert all(torch.isfinite(v) for v in task_losses.values())
     predictions = model.eval().postprocess(outputs, tuple(batch.images.shape[-2:]))

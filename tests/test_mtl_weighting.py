@@ -1,15 +1,16 @@
 """Loss weightings (DWA, GradNorm, RLW) and the method configuration: each one's defining property."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from _mtl_utils import TinyMultiTask, mse_losses, regression_data
-from perception.mtl import (WEIGHTING_METHODS, FAMO, AlignedMTL, CAGrad, DynamicWeightAverage, FixedWeighting,
-                            GradNorm, MGDA, NashMTL, PCGrad, RandomLossWeighting, UncertaintyWeighting, WeightingConfig,
-                            build_weighting)
+from perception.mtl import (WEIGHTING_METHODS, DBMTL, FAMO, AlignedMTL, CAGrad, DynamicWeightAverage,
+                            FixedWeighting, GradNorm, MGDA, NashMTL, PCGrad, RandomLossWeighting, UncertaintyWeighting,
+                            UPGrad, WeightingConfig, build_weighting)
 from perception.mtl.dwa import dwa_weights
 from perception.mtl.gradnorm import gradnorm_targets
 from perception.utils.configurable import ConfigError, from_dict
@@ -155,18 +156,19 @@ def test_random_loss_weighting_draws_softmax_normal_weights_per_step():
                                         ("uncertainty", UncertaintyWeighting), ("dwa", DynamicWeightAverage),
                                         ("gradnorm", GradNorm), ("rlw", RandomLossWeighting), ("pcgrad", PCGrad),
                                         ("mgda", MGDA), ("cagrad", CAGrad), ("aligned_mtl", AlignedMTL),
-                                        ("famo", FAMO), ("nash_mtl", NashMTL)])
+                                        ("famo", FAMO), ("nash_mtl", NashMTL), ("upgrad", UPGrad),
+                                        ("db_mtl", DBMTL)])
 def test_every_method_is_one_config_value(method, cls):
     cfg = from_dict(WeightingConfig, {"method": method, "dwa_temperature": 3.0, "gradnorm_alpha": 0.5,
-                                      "cagrad_c": 0.2, "mgda_normalization": "l2"})
+                                      "cagrad_c": 0.2, "mgda_normalization": "l2", "db_mtl_beta": 0.5})
     weighting = build_weighting(cfg, TASKS)
     assert type(weighting) is cls and weighting.tasks == TASKS
-    gradient_method = cls in (PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL, GradNorm)
+    gradient_method = cls in (PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL, UPGrad, DBMTL, GradNorm)
     assert weighting.manual_grad_sync is gradient_method
     assert weighting.needs_features is (cls is MGDA)
     assert weighting.needs_post_step is (cls is FAMO)
     params = {DynamicWeightAverage: ("temperature", 3.0), GradNorm: ("alpha", 0.5), CAGrad: ("c", 0.2),
-              MGDA: ("normalization", "l2")}
+              MGDA: ("normalization", "l2"), DBMTL: ("beta", 0.5)}
     if cls in params:
         name, value = params[cls]
         assert getattr(weighting, name) == value
@@ -178,6 +180,7 @@ def test_every_method_is_one_config_value(method, cls):
     ({"method": "dwa", "dwa_temperature": 0}, "dwa_temperature"),
     ({"method": "cagrad", "cagrad_c": -1}, "cagrad_c"),
     ({"method": "famo", "famo_weight_decay": -0.1}, "famo_weight_decay"),
+    ({"method": "db_mtl", "db_mtl_beta": 1.0}, "db_mtl_beta"),
     ({"method": "mgda", "mgda_normalization": "max"}, "mgda_normalization"),
     ({"task_schedule": {"method": "round-robin"}}, "round_robin"),
     ({"task_schedule": {"method": "random", "tasks_per_step": 0}}, "tasks_per_step"),
@@ -200,6 +203,8 @@ def test_a_loss_of_no_task_reaches_every_method_once_and_unweighted(method, thro
     weighting = build_weighting(cfg, TASKS)
     params = list(model.parameters())
     scale = lambda loss: 4.0 * loss  # noqa: E731
+    weighting.shared_parameters_fn(model)
+    initial = copy.deepcopy(weighting.state_dict())   # stateful methods (DB-MTL) start both passes alike
 
     def penalty(features):
         if through == "parameters":   # on a shared and on a task's own parameter
@@ -207,6 +212,7 @@ def test_a_loss_of_no_task_reaches_every_method_once_and_unweighted(method, thro
         return 0.3 * features[0].pow(2).mean()
 
     def backward(with_extra: bool):
+        weighting.load_state_dict(initial)
         model.zero_grad()
         weighting.zero_grad()
         outputs, features = model(x, return_features=True)

@@ -5,7 +5,7 @@ from perception.models.backbone import TimmBackbone
 from perception.models.config import ModelConfig
 from perception.models.multitask import MultiTaskModel, build_heads
 from perception.models.neck import FPN
-from perception.models.sharing import build_sharing_model
+from perception.models.sharing import build_sharing_model, build_task_adapted_model
 
 
 def build_model(cfg: ModelConfig) -> MultiTaskModel:
@@ -16,6 +16,8 @@ def build_model(cfg: ModelConfig) -> MultiTaskModel:
     neck = FPN(backbone.out_channels, cfg.neck.channels, backbone.strides,
                extra_levels=any(task.EXTRA_LEVELS for task in tasks.values()))
     heads = build_heads(tasks, neck)
+    if cfg.sharing in ("mtan", "adapters"):  # one trunk, task modules between the pyramid and the heads
+        return build_task_adapted_model(cfg, backbone, neck, heads, tasks)
     if cfg.sharing != "hard":  # soft / cross-stitch: one trunk per task, built from this backbone
         return build_sharing_model(cfg, backbone, heads, tasks)
     return MultiTaskModel(backbone, neck, heads, tasks)

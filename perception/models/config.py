@@ -69,10 +69,15 @@ class ModelConfig:
         sharing: how the tasks share the trunk (backbone + FPN): ``hard`` (one trunk for all tasks), ``soft``
             (one trunk per task, pulled together by ``soft_sharing_weight`` * the summed squared distance of
             corresponding parameters) or ``cross_stitch`` (one backbone per task, stage outputs mixed by learned
-            task-by-task matrices, Misra et al. 2016; one FPN per task).
+            task-by-task matrices, Misra et al. 2016; one FPN per task), ``mtan`` (one trunk; per task and
+            pyramid level a learned attention mask multiplied into the shared level, after Liu et al. 2019) or
+            ``adapters`` (one trunk; per task and level a residual bottleneck adapter started at zero).
         soft_sharing_weight: lambda of the ``soft`` sharing penalty.
         cross_stitch_init: initial self weight of the cross-stitch matrices (the others share ``1 -`` it; 1 is
             the identity: separate networks).
+        mtan_reduction: ``mtan``: the attention masks' bottleneck has ``neck.channels / mtan_reduction`` channels.
+        mtan_from_below: ``mtan``: each level's mask also reads the task's attended level below, as in the paper.
+        adapter_channels: ``adapters``: the bottleneck channels r of every adapter.
     """
 
     tasks: list[str] | dict[str, dict[str, Any]] = field(
@@ -82,9 +87,12 @@ class ModelConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
-    sharing: Literal["hard", "soft", "cross_stitch"] = "hard"
+    sharing: Literal["hard", "soft", "cross_stitch", "mtan", "adapters"] = "hard"
     soft_sharing_weight: float = 1e-2
     cross_stitch_init: float = 0.9
+    mtan_reduction: int = 4
+    mtan_from_below: bool = True
+    adapter_channels: int = 16
 
     def build_tasks(self) -> dict[str, Task]:
         """The task instances, keyed by name, in their fixed order."""
@@ -101,3 +109,8 @@ class ModelConfig:
             raise ValueError(f"soft_sharing_weight: got {self.soft_sharing_weight}, expected a value >= 0")
         if not 0.0 <= self.cross_stitch_init <= 1.0:
             raise ValueError(f"cross_stitch_init: got {self.cross_stitch_init}, expected a value in [0, 1]")
+        if not 1 <= self.mtan_reduction <= self.neck.channels:
+            raise ValueError(f"mtan_reduction: got {self.mtan_reduction}, expected an integer from 1 to "
+                             f"neck.channels ({self.neck.channels})")
+        if self.adapter_channels < 1:
+            raise ValueError(f"adapter_channels: got {self.adapter_channels}, expected a positive integer")

@@ -11,8 +11,14 @@ every task has its own backbone; after each stage the tasks' outputs are mixed b
 (``x~_i = sum_j alpha_ij x_j``), initialised near the identity (``alpha_ii = 0.9``, the rest sharing 0.1 as in
 the paper); every task reads its own mixed C2..C5 through its own FPN.
 
-Both keep ``MultiTaskModel``'s API (``forward``, ``compute_losses``, ``postprocess``, ``shared_parameters``), so the
-trainer and the predictor work unchanged. The soft penalty is returned by ``compute_losses`` as the one
+``mtan`` (after Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019) and ``adapters``
+(residual bottleneck adapters, as in Rebuffi et al. 2017 and Houlsby et al. 2019): one backbone + FPN shared as in
+``hard``, and between the pyramid and each head a light module per task and level that gives the task its own
+features: a soft attention mask multiplied into the shared level (MTAN), or a residual correction started at zero
+(adapters, so that training starts at exactly hard sharing). See :class:`TaskAdaptedModel`.
+
+All modes keep ``MultiTaskModel``'s API (``forward``, ``compute_losses``, ``postprocess``, ``shared_parameters``), so
+the trainer and the predictor work unchanged. The soft penalty is returned by ``compute_losses`` as the one
 component that carries a gradient, ``components[PENALTY_KEY]``; the trainer hands it to the weighting as its
 ``extra`` term, which every method adds unweighted (it belongs to no task), so that losses meet in one place.
 """
@@ -22,6 +28,7 @@ import copy
 from typing import Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.models._features import FeatureDictNet
 from torch import Tensor, nn
 
@@ -29,6 +36,7 @@ from perception.models.backbone import TimmBackbone
 from perception.models.config import ModelConfig
 from perception.models.multitask import MultiTaskModel
 from perception.models.neck import FPN, pyramid_output_parameters
+from perception.ops.layers import num_groups
 from perception.tasks import Task
 
 PENALTY_KEY = "sharing/penalty"  # the loss component of no task: the weighting's unweighted ``extra`` term
@@ -242,6 +250,141 @@ class CrossStitchModel(PerTaskTrunkModel):
             yield from (p for p in module.parameters() if p.requires_grad)
 
 
+class TaskAttention(nn.Module):
+    """MTAN's attention module for one task and one pyramid level: ``a = sigmoid(GN(conv1x1(ReLU(GN(conv1x1(x))))))
+    * p``, with ``x`` the shared level ``p``, or ``p`` concatenated with the task's attended level below (the next
+    finer one, resized to ``p``'s size) as in the paper's encoder.
+
+    Args:
+        channels: channels of the pyramid level.
+        hidden: channels of the bottleneck.
+        from_below: the mask also reads the task's attended feature of the level below.
+    """
+
+    def __init__(self, channels: int, hidden: int, from_below: bool = False) -> None:
+        super().__init__()
+        self.from_below = from_below
+        inputs = 2 * channels if from_below else channels
+        # GroupNorm where the paper has BatchNorm, as in the heads: P6/P7 of a small input are 1 or 2 pixels, which
+        # batch statistics of a batch of one cannot normalise.
+        self.mask = nn.Sequential(nn.Conv2d(inputs, hidden, 1, bias=False), nn.GroupNorm(num_groups(hidden), hidden),
+                                  nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1, bias=False),
+                                  nn.GroupNorm(num_groups(channels), channels), nn.Sigmoid())
+
+    def forward(self, shared: Tensor, below: Tensor | None = None) -> Tensor:
+        """Args: shared (Tensor[B, C, H, W]): the shared level; below: the task's attended finer level, or None.
+        Returns: the attended level, Tensor[B, C, H, W]."""
+        x = shared
+        if self.from_below and below is not None:
+            below = F.interpolate(below, size=shared.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([shared, below.to(shared.dtype)], dim=1)
+        return self.mask(x) * shared
+
+
+class ResidualAdapter(nn.Module):
+    """A residual bottleneck adapter for one task and one pyramid level: ``p + up(ReLU(dw3x3(ReLU(down(p)))))``,
+    1x1 down to ``hidden`` channels, a depthwise 3x3, 1x1 back up. The up projection starts at zero, so the adapter
+    starts as the identity.
+
+    Args:
+        channels: channels of the pyramid level.
+        hidden: channels of the bottleneck (r).
+    """
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(channels, hidden, 1)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.up = nn.Conv2d(hidden, channels, 1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.up(F.relu(self.depthwise(F.relu(self.down(x)))))
+
+
+class TaskLevels(nn.Module):
+    """One task's modules, one per pyramid level the task's head reads: the shared levels in, the task's own out.
+
+    Args:
+        kind: ``mtan`` or ``adapters``.
+        channels: channels of every level.
+        num_levels: how many levels the head reads.
+        hidden: bottleneck channels.
+        from_below: MTAN: each level's mask also reads the task's attended level below (the first has none).
+    """
+
+    def __init__(self, kind: str, channels: int, num_levels: int, hidden: int, from_below: bool = True) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "mtan":
+            self.levels = nn.ModuleList([TaskAttention(channels, hidden, from_below and i > 0)
+                                         for i in range(num_levels)])
+        elif kind == "adapters":
+            self.levels = nn.ModuleList([ResidualAdapter(channels, hidden) for _ in range(num_levels)])
+        else:
+            raise ValueError(f"model.sharing: got {kind!r}, expected 'mtan' or 'adapters'")
+
+    def forward(self, pyramid: Sequence[Tensor]) -> list[Tensor]:
+        """Args: pyramid: the shared levels the head reads, finest first. Returns: the task's levels."""
+        if len(pyramid) != len(self.levels):
+            raise ValueError(f"task modules: got {len(pyramid)} pyramid levels, expected {len(self.levels)}")
+        out: list[Tensor] = []
+        for module, level in zip(self.levels, pyramid):
+            out.append(module(level, out[-1] if out else None) if self.kind == "mtan" else module(level))
+        return out
+
+
+class TaskAdaptedModel(MultiTaskModel):
+    """Hard sharing plus task-specific modules between the shared pyramid and each head (``mtan``, ``adapters``).
+
+    The backbone and FPN are shared by all tasks (``shared_parameters``, and the pyramid that
+    ``forward(..., return_features=True)`` returns for MGDA-UB); each task's :class:`TaskLevels` belongs to that
+    task like its head (``task_parameters``): only its own loss reaches it.
+
+    Args:
+        backbone, neck, heads, task_specs: as for :class:`MultiTaskModel`.
+        task_modules: task -> its :class:`TaskLevels` (the same keys as ``heads``).
+    """
+
+    def __init__(self, backbone: TimmBackbone, neck: FPN, heads: dict[str, nn.Module], task_specs: dict[str, Task],
+                 task_modules: dict[str, nn.Module]) -> None:
+        super().__init__(backbone, neck, heads, task_specs)
+        if list(task_modules) != list(heads):
+            raise ValueError(f"task modules {list(task_modules)}: expected one per task, {list(heads)}")
+        self.task_modules = nn.ModuleDict(task_modules)
+
+    def forward_heads(self, pyramid: Sequence[Tensor], tasks: Iterable[str] | None = None) -> dict:
+        tasks = self.tasks if tasks is None else self._check_subset(tasks)
+        levels = list(pyramid)
+        return {t: self.heads[t](self.task_modules[t](levels[self.task_specs[t].LEVELS])) for t in tasks}
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        """Parameters of one task: its head and its attention masks or adapters."""
+        for module in (self.task_modules[task], self.heads[task]):
+            yield from (p for p in module.parameters() if p.requires_grad)
+
+
+def build_task_adapted_model(cfg: ModelConfig, backbone: TimmBackbone, neck: FPN, heads: dict[str, nn.Module],
+                             task_specs: dict[str, Task]) -> TaskAdaptedModel:
+    """The ``mtan`` or ``adapters`` model: ``backbone`` and ``neck`` shared, per task one module per level it reads.
+
+    The task modules are created after the shared parts and the heads, so that with the same seed those start
+    exactly as in ``hard`` sharing.
+    """
+    channels = neck.out_channels
+    num_levels = len(neck.strides)
+    modules = {}
+    for name, task in task_specs.items():
+        count = len(range(num_levels)[task.LEVELS])
+        if cfg.sharing == "mtan":
+            modules[name] = TaskLevels("mtan", channels, count, max(1, channels // cfg.mtan_reduction),
+                                       cfg.mtan_from_below)
+        else:
+            modules[name] = TaskLevels(cfg.sharing, channels, count, cfg.adapter_channels)
+    return TaskAdaptedModel(backbone, neck, heads, task_specs, modules)
+
+
 def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[str, nn.Module],
                         task_specs: dict[str, Task]) -> MultiTaskModel:
     """The ``soft`` or ``cross_stitch`` model: copies of ``backbone`` (identical weights) and one FPN per task
@@ -255,4 +398,5 @@ def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[st
         return SoftSharingModel(backbones, necks, heads, task_specs, cfg.soft_sharing_weight)
     if cfg.sharing == "cross_stitch":
         return CrossStitchModel(backbones, necks, heads, task_specs, cfg.cross_stitch_init)
-    raise ValueError(f"model.sharing: got {cfg.sharing!r}, expected 'hard', 'soft' or 'cross_stitch'")
+    raise ValueError(f"model.sharing: got {cfg.sharing!r}, expected 'soft' or 'cross_stitch' here (hard, mtan and "
+                     "adapters share one trunk: perception.models.build_model)")

@@ -3,7 +3,7 @@
 Loss weightings (``forward``): equal/fixed, uncertainty, DWA, GradNorm (learned, gradient-based), RLW, FAMO (updated
 after the optimizer step from the losses of the same batch: ``post_step``).
 Gradient methods (``backward``, per-task gradients of the shared parameters): PCGrad, MGDA-UB, CAGrad, Aligned-MTL,
-Nash-MTL.
+Nash-MTL, UPGrad, DB-MTL.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from perception.mtl.aligned_mtl import AlignedMTL
 from perception.mtl.base import Weighting
 from perception.mtl.cagrad import CAGrad
 from perception.mtl.config import TASK_SCHEDULES, WEIGHTING_METHODS, TaskScheduleConfig, WeightingConfig
+from perception.mtl.db_mtl import DBMTL
 from perception.mtl.dwa import DynamicWeightAverage
 from perception.mtl.famo import FAMO
 from perception.mtl.fixed import FixedWeighting
@@ -25,6 +26,7 @@ from perception.mtl.rlw import RandomLossWeighting
 from perception.mtl.scheduling import (LossRatioScheduler, RandomScheduler, RoundRobinScheduler, TaskScheduler,
                                        build_task_scheduler)
 from perception.mtl.uncertainty import UncertaintyWeighting
+from perception.mtl.upgrad import UPGrad
 
 
 def build_weighting(cfg: WeightingConfig, tasks: Iterable[str], loss_kinds: Mapping[str, str] | None = None
@@ -62,10 +64,14 @@ def build_weighting(cfg: WeightingConfig, tasks: Iterable[str], loss_kinds: Mapp
         return FAMO(tasks, cfg.famo_lr, cfg.famo_weight_decay)
     if cfg.method == "nash_mtl":
         return NashMTL(tasks, cfg.nash_update_every)
+    if cfg.method == "upgrad":
+        return UPGrad(tasks)
+    if cfg.method == "db_mtl":
+        return DBMTL(tasks, cfg.db_mtl_beta)
     raise ValueError(f"weighting.method: unknown {cfg.method!r}; allowed: {', '.join(WEIGHTING_METHODS)}")
 
 
-__all__ = ["TASK_SCHEDULES", "WEIGHTING_METHODS", "AlignedMTL", "CAGrad", "DynamicWeightAverage", "FAMO",
+__all__ = ["TASK_SCHEDULES", "WEIGHTING_METHODS", "AlignedMTL", "CAGrad", "DBMTL", "DynamicWeightAverage", "FAMO",
            "FixedWeighting", "GradNorm", "GradientWeighting", "LossRatioScheduler", "MGDA", "NashMTL", "PCGrad",
            "RandomLossWeighting", "RandomScheduler", "RoundRobinScheduler", "TaskScheduleConfig", "TaskScheduler",
-           "UncertaintyWeighting", "Weighting", "WeightingConfig", "build_task_scheduler", "build_weighting"]
+           "UPGrad", "UncertaintyWeighting", "Weighting", "WeightingConfig", "build_task_scheduler", "build_weighting"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 WEIGHTING_METHODS = ("equal", "fixed", "uncertainty", "dwa", "gradnorm", "rlw", "pcgrad", "mgda", "cagrad",
-                     "aligned_mtl", "famo", "nash_mtl")
+                     "aligned_mtl", "famo", "nash_mtl", "upgrad", "db_mtl")
 TASK_SCHEDULES = ("all", "round_robin", "random", "loss_ratio")
 
 
@@ -48,7 +48,8 @@ class WeightingConfig:
         method: ``equal``, ``fixed``, ``uncertainty`` (Kendall et al. 2018), ``dwa`` (Liu et al. 2019),
             ``gradnorm`` (Chen et al. 2018), ``rlw`` (Lin et al. 2021), ``pcgrad`` (Yu et al. 2020), ``mgda``
             (MGDA-UB, Sener & Koltun 2018), ``cagrad`` (Liu et al. 2021) ``aligned_mtl`` (Senushkin et al. 2023)
-            ``famo`` (Liu et al. 2023) or ``nash_mtl`` (Navon et al. 2022).
+            ``famo`` (Liu et al. 2023), ``nash_mtl`` (Navon et al. 2022), ``upgrad`` (Quinton & Rey 2024) or
+            ``db_mtl`` (Lin et al. 2023).
         weights: task -> weight, for ``fixed`` (unlisted tasks get 1).
         task_types: task -> ``regression`` (c = 1/2) or ``classification`` (c = 1), for ``uncertainty``.
         init_log_var: initial log-variance s = log sigma^2 of every task, for ``uncertainty``.
@@ -64,6 +65,7 @@ class WeightingConfig:
         famo_lr: learning rate of ``famo``'s own Adam over its task logits (paper: 0.025).
         famo_weight_decay: weight decay of ``famo``'s task logits (paper: 0.01).
         nash_update_every: ``nash_mtl`` solves for its weights every this many steps and reuses them between.
+        db_mtl_beta: decay of ``db_mtl``'s moving average of each task's gradient (LibMTL: 0.9).
         task_schedule: which tasks each step optimises.
     """
 
@@ -79,6 +81,7 @@ class WeightingConfig:
     famo_lr: float = 0.025
     famo_weight_decay: float = 0.01
     nash_update_every: int = 1
+    db_mtl_beta: float = 0.9
     task_schedule: TaskScheduleConfig = field(default_factory=TaskScheduleConfig)
 
     def validate(self) -> None:
@@ -96,3 +99,5 @@ class WeightingConfig:
             raise ValueError(f"famo_weight_decay: got {self.famo_weight_decay}, expected a value >= 0")
         if self.nash_update_every < 1:
             raise ValueError(f"nash_update_every: got {self.nash_update_every}, expected an integer >= 1")
+        if not 0.0 <= self.db_mtl_beta < 1.0:
+            raise ValueError(f"db_mtl_beta: got {self.db_mtl_beta}, expected a value in [0, 1)")
