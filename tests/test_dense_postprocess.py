@@ -115,3 +115,18 @@ def test_postprocess_benchmark_runs_and_agrees(capsys):
     boxes = [row for row in result["rows"] if row["output"].startswith("boxes")]
     assert len(boxes) == 4 and all(row["agreement"] == 1.0 for row in boxes)
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size, network", [((810, 1080), (160, 160)), ((75, 100), (64, 128))])
+def test_noisy_maps_blend_every_pixel_with_the_same_ids(size, network):
+    # Random logits (an untrained head): nearly every pixel sits between cells of different arg-max, so the
+    # separable blend of all pixels is taken; it must give exactly the ids of the per-pixel gathered blend.
+    box = fit_letterbox(*size, network)
+    logits = torch.randn(19, box.padded_height // 4, box.padded_width // 4, generator=torch.Generator().manual_seed(3))
+    whole = argmax_to_original(logits, box)                      # default share: the separable path
+    gathered = argmax_to_original(logits, box, max_gather_share=1.0)
+    assert torch.equal(whole, gathered)
+    np.testing.assert_array_equal(argmax_to_original_numpy(logits.numpy(), box), whole.numpy())
+    np.testing.assert_array_equal(argmax_to_original_numpy(logits.numpy(), box, max_gather_share=1.0), whole.numpy())
+    reference = dense_to_original(logits[None], box)[0].argmax(0)
+    assert (whole == reference).float().mean().item() >= 0.999

@@ -220,17 +220,21 @@ def _argmax_taps(letterbox: Letterbox, grid_size: tuple[int, int]) -> tuple[np.n
     return (*_linear_taps(letterbox.height, rows, scale_y), *_linear_taps(letterbox.width, cols, scale_x))
 
 
-def argmax_to_original(logits: Tensor, letterbox: Letterbox) -> Tensor:
+def argmax_to_original(logits: Tensor, letterbox: Letterbox, max_gather_share: float = 1 / 3) -> Tensor:
     """The arg-max of :func:`dense_to_original`'s resized logits, without resizing K float channels.
 
     A bilinear sample is a convex blend of its four neighbouring cells, so where those four cells share their
     arg-max the sample has it too: every such pixel takes the class id of the head's grid (one int channel
     gathered). Only the pixels whose four cells disagree (the class boundaries, a few percent of a picture) are
     blended, K logits each. The result equals the arg-max of the full-size resize except on exact ties.
+    When more than ``max_gather_share`` of the pixels need blending (a noisy map, such as an untrained head's),
+    gathering K logits per pixel costs more than blending every pixel separably, so the blend is done that way,
+    with the same arithmetic (hence the same ids).
 
     Args:
         logits (Tensor[K, h, w]): one image's scores on a regular grid over the padded input.
         letterbox: the image's letterbox.
+        max_gather_share: the share of blended pixels above which every pixel is blended.
 
     Returns:
         Tensor[height, width] int64 class ids.
@@ -250,6 +254,11 @@ def argmax_to_original(logits: Tensor, letterbox: Letterbox) -> Tensor:
     source = (y0[:, None] * cols + x0[None, :]).view(-1)                          # [height * width]
     out = ids.view(-1).index_select(0, source)
     flat = (out < 0).nonzero().squeeze(1)
+    if flat.numel() > max_gather_share * out.numel():
+        # Columns, then rows: the order of the gathered blend below, so that both give the same values.
+        across = logits.index_select(2, x0) * (1 - wx) + logits.index_select(2, x1) * wx         # [K, rows, W]
+        return (across.index_select(1, y0) * (1 - wy[:, None]) + across.index_select(1, y1) * wy[:, None]
+                ).max(0).indices
     if flat.numel():
         # Channels last (a copy of the small grid only), so that each gathered pixel reads K contiguous logits.
         cells = logits.permute(1, 2, 0).reshape(rows * cols, -1)                  # [rows * cols, K]
@@ -262,7 +271,8 @@ def argmax_to_original(logits: Tensor, letterbox: Letterbox) -> Tensor:
     return out.view(letterbox.height, letterbox.width)
 
 
-def argmax_to_original_numpy(logits: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+def argmax_to_original_numpy(logits: np.ndarray, letterbox: Letterbox, max_gather_share: float = 1 / 3
+                             ) -> np.ndarray:
     """Numpy twin of :func:`argmax_to_original`: ndarray[K, h, w] -> ndarray[height, width] int64."""
     grid = tuple(logits.shape[-2:])
     rows, cols = _valid_cells(letterbox, grid)
@@ -275,6 +285,9 @@ def argmax_to_original_numpy(logits: np.ndarray, letterbox: Letterbox) -> np.nda
     mixed = (ids != down) | (ids != right) | (ids != diag)
     out = ids[y0][:, x0]
     py, px = np.nonzero(mixed[y0][:, x0])
+    if py.size > max_gather_share * out.size:
+        across = logits[:, :, x0] * (1 - wx) + logits[:, :, x1] * wx                              # [K, rows, W]
+        return (across[:, y0] * (1 - wy)[:, None] + across[:, y1] * wy[:, None]).argmax(0)
     if py.size:
         gy0, gy1, gx0, gx1 = y0[py], y1[py], x0[px], x1[px]
         wy1, wx1 = wy[py], wx[px]
