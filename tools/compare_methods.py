@@ -103,8 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.methods = [m for m in methods if m not in NOT_BY_DEFAULT]
     if args.sharing is None:
         args.sharing = [s for s in modes if s != "hard"]
-    for option, names, allowed in (("--methods", args.methods + [args.sharing_method], methods),
-                                   ("--sharing", args.sharing, modes)):
+    for option, names, allowed in (("--methods", args.methods, methods), ("--sharing", args.sharing, modes),
+                                   ("--sharing-method", [args.sharing_method], methods)):
         unknown = [n for n in names if n not in allowed]
         if unknown:
             raise ValueError(f"{option}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(allowed)}")
@@ -204,16 +204,22 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def train_parallel(args: argparse.Namespace, todo: list[tuple[dict, int]]) -> list[str]:
-    """Train ``todo`` as ``--jobs`` processes at a time, each this tool with ``--run NAME:SEED``; returns the runs
-    that failed (their output is in <run dir>.log)."""
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    base, skip = [], False
+def worker_command(args: argparse.Namespace, name: str, seed: int, threads: int) -> list[str]:
+    """The command line of a ``--jobs`` worker: this tool, as invoked, training the one run ``name`` of ``seed``."""
+    words, skip = [], False
     for word in args.argv:  # this invocation's words but --jobs / --threads (the worker gets its own)
         if skip or word in ("--jobs", "--threads") or word.startswith(("--jobs=", "--threads=")):
             skip = not skip and word in ("--jobs", "--threads")
             continue
-        base.append(word)
+        words.append(word)
+    return [sys.executable, str(Path(__file__).resolve()), *words, "--threads", str(threads),
+            "--run", f"{name}:{seed}"]
+
+
+def train_parallel(args: argparse.Namespace, todo: list[tuple[dict, int]]) -> list[str]:
+    """Train ``todo`` as ``--jobs`` processes at a time (see :func:`worker_command`); returns the runs that failed
+    (the output of each run is in <run dir>.log)."""
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PERCEPTION_COMPARE_JOBS": str(args.jobs)}
     pending, running, failed = list(todo), [], []
@@ -222,13 +228,12 @@ def train_parallel(args: argparse.Namespace, todo: list[tuple[dict, int]]) -> li
             entry, seed = pending.pop(0)
             log = run_dir_of(args, entry["name"], seed).with_suffix(".log")
             log.parent.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, str(Path(__file__).resolve()), *base, "--threads", str(threads),
-                       "--run", f"{entry['name']}:{seed}"]
             print(f"--- {entry['name']} (seed {seed}) -> {log}", flush=True)
             handle = open(log, "w", encoding="utf-8")
-            running.append((subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env), handle,
-                            f"seed{seed}/{entry['name']}", log))
-        time.sleep(0.5)
+            process = subprocess.Popen(worker_command(args, entry["name"], seed, threads), stdout=handle,
+                                       stderr=subprocess.STDOUT, env=env)
+            running.append((process, handle, f"seed{seed}/{entry['name']}", log))
+        time.sleep(0.2)
         for item in list(running):
             process, handle, name, log = item
             if process.poll() is not None:
@@ -558,8 +563,10 @@ def plot_weights(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], pa
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    if curves:
-        axes.flat[0].legend(fontsize=7)
+    for ax in axes.flat:
+        if ax.get_lines():  # one legend: the tasks have the same colours in every panel
+            ax.legend(fontsize=7)
+            break
     fig.suptitle("logged loss weight per task (weight/<task>, one log window each)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
