@@ -189,6 +189,8 @@ def test_table_only_reads_the_budget_from_the_runs_and_names_the_missing(tmp_pat
                                    "sharing_cross_stitch (seeds 0, 1, 2).")
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["rows"][-1]["run"] == "method_equal" and saved["header"]["missing"]["method_pcgrad"] == [0, 1, 2]
+    assert saved["rows"][-1]["delta_m"] == pytest.approx([2.5, 0.0])
+    assert saved["rows"][-1]["per_seed"]["delta_m"] == pytest.approx([2.5, 2.5])
     for name in ("comparison_delta_m.png", "comparison_weights.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     assert compare.weight_curves(tmp_path / "seed0" / "method_equal") == {
@@ -205,6 +207,8 @@ def test_the_header_says_where_the_runs_disagree(tmp_path):
     assert ("image 96x192 (2 runs: seed0/single_depth, seed0/single_segmentation) / "
             "128x256 (1 run: seed0/method_equal)") in table
     assert "**The runs disagree on: image size**" in table
+    # One seed: no spread, written as null (the file is strict JSON).
+    assert json.loads((tmp_path / "comparison.json").read_text())["rows"][-1]["delta_m"][1] is None
 
 
 def test_the_plots_are_written_with_nothing_finished(tmp_path):

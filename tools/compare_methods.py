@@ -604,8 +604,8 @@ def build_table(args: argparse.Namespace, plan: list[dict], headline: Mapping[st
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
     settings = {k: v for k, v in vars(args).items() if k not in ("argv", "run")}
-    (out / "comparison.json").write_text(json.dumps({"settings": settings, "header": header, "rows": rows},
-                                                    indent=2), encoding="utf-8")
+    data = _finite({"settings": settings, "header": header, "rows": rows})
+    (out / "comparison.json").write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
     plot_delta_m(rows, list(headline), out / "comparison_delta_m.png")
     first = {}
     for entry in plan:
@@ -615,6 +615,17 @@ def build_table(args: argparse.Namespace, plan: list[dict], headline: Mapping[st
     plot_weights(first, out / "comparison_weights.png")
     print(f"wrote {out / 'comparison.md'}, comparison.json, comparison_delta_m.png, comparison_weights.png")
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN / inf float as None (strict JSON); (mean, std) pairs become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def table_metrics(tasks: Mapping[str, Any]) -> dict[str, str]:
