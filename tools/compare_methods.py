@@ -553,7 +553,7 @@ def plot_weights(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], pa
     names = list(curves) or ["(no weighting runs)"]
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.4 * cols, 6.0), 2.5 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         for task, points in curves.get(name, {}).items():
             ax.plot([s for s, _ in points], [w for _, w in points], label=task, linewidth=1.2)
@@ -606,6 +606,12 @@ def build_table(args: argparse.Namespace, plan: list[dict], headline: Mapping[st
     settings = {k: v for k, v in vars(args).items() if k not in ("argv", "run")}
     data = _finite({"settings": settings, "header": header, "rows": rows})
     (out / "comparison.json").write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"wrote {out / 'comparison.md'} and comparison.json; no plots: matplotlib is not installed "
+              "(pip install -e '.[plot]')")
+        return 0
     plot_delta_m(rows, list(headline), out / "comparison_delta_m.png")
     first = {}
     for entry in plan:
