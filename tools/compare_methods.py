@@ -356,8 +356,8 @@ def table_rows(plan: list[dict], runs: Mapping[tuple[str, int], dict], headline:
             gain_keys = [f"delta_m/{entry['task']}"]
         elif complete:
             gains = [gain(r["metrics"], reference, dict(signs)) for _, r in records]
-        else:
-            gains = [({}, ["(a single-task baseline is missing)"]) for _ in records]
+        else:  # no reference for some task: no delta_m (the header names the task)
+            gains = [({}, []) for _ in records]
         for key in gain_keys:
             values = [g.get(key, float("nan")) for g, _ in gains]
             row["per_seed"][key] = values
@@ -365,7 +365,7 @@ def table_rows(plan: list[dict], runs: Mapping[tuple[str, int], dict], headline:
         row["dropped"] = sorted({k for _, dropped in gains for k in dropped})
         (baselines if entry["kind"] == "baseline" else others).append(row)
     others.sort(key=lambda r: -r["delta_m"][0] if math.isfinite(r["delta_m"][0]) else math.inf)
-    for rank, row in enumerate(others, 1):
+    for rank, row in enumerate((r for r in others if math.isfinite(r["delta_m"][0])), 1):
         row["rank"] = rank
     return baselines + others
 
@@ -504,6 +504,9 @@ def format_table(rows: list[dict], headline: Mapping[str, str], header: Mapping[
         dropped.update(r.get("dropped", []))
     if dropped:
         lines += ["", f"Left out of delta_m (single-task baseline 0): {', '.join(sorted(dropped))}."]
+    unmatched = [t for t in tasks if not header["baseline_seeds"].get(t)]
+    if unmatched:
+        lines += ["", f"No delta_m: no finished single-task baseline of {', '.join(unmatched)}."]
     if header["missing"]:
         lines += ["", "Missing (not finished): " + ", ".join(
             f"{name} (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
