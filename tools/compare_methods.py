@@ -9,9 +9,10 @@ Runs, for every seed: one single-task baseline per task (equal weighting), every
 sharing, then every mode in --sharing (other than hard) with --sharing-method. --methods and --sharing default to
 every name the toolkit registers (``perception.mtl.WEIGHTING_METHODS`` but ``fixed``; the ``model.sharing``
 values), so a method or mode added there joins the table. Each run goes to <out>/seed<S>/<name>/ (config.yaml,
-metrics.json, train_log.jsonl, ``done``; checkpoints with --keep-checkpoints); a finished run is reused, so the table can be built
-incrementally and an interrupted comparison continues where it stopped. ``--jobs 2`` trains two runs at a time
-(each with ``--threads`` torch threads, default: the CPU count divided by the jobs).
+metrics.json, train_log.jsonl, ``done``; checkpoints with --keep-checkpoints); a finished run is reused, so the
+table can be built incrementally and an interrupted comparison continues where it stopped. ``--jobs 2`` trains
+two runs at a time, as separate processes (each with ``--threads`` torch threads, default: the CPU count divided
+by the jobs).
 
 Writes <out>/comparison.md (the table), comparison.json (every seed's values), comparison_delta_m.png (delta_m
 per row with its spread) and comparison_weights.png (the logged loss weights per task over the steps of every
