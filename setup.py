@@ -31,7 +31,9 @@ setup(
     ],
     extras_require={
         "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
+        "plot": ["matplotlib>=3.7"],  # tools/compare_methods.py's figures
         "dev": [
+            "matplotlib>=3.7",
             "pytest>=7.4",
             "pytest-xdist>=3.3",
             "hypothesis>=6.0",
