@@ -43,9 +43,14 @@ class NeckConfig:
 
     Attributes:
         channels: channels of every pyramid level P2..P7.
+        prune: compute only the levels some head reads: no P2 (its lateral and output convolution, the
+            pyramid's costliest level) when every head starts at stride 8. Off by default: the pyramid then
+            always has P2..P5, as checkpoints of earlier versions expect. (P6/P7 are only ever computed when a
+            head reads them.)
     """
 
     channels: int = 256
+    prune: bool = False
 
     def validate(self) -> None:
         if self.channels <= 0:

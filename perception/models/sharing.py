@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from perception.models.backbone import TimmBackbone
 from perception.models.config import ModelConfig
-from perception.models.multitask import MultiTaskModel
+from perception.models.multitask import MultiTaskModel, level_indices
 from perception.models.neck import FPN, pyramid_output_parameters
 from perception.tasks import Task
 
@@ -123,6 +123,7 @@ class PerTaskTrunkModel(MultiTaskModel):
         self.task_specs = dict(task_specs)
         self.backbone = nn.ModuleDict({t: backbones[t] for t in self.tasks})
         self.neck = nn.ModuleDict({t: necks[t] for t in self.tasks})
+        self.level_index = {t: level_indices(self.task_specs[t], necks[t].strides) for t in self.tasks}
 
     def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
         """Task -> its pyramid [P2, ..., P5] (+ [P6, P7] for detection), for ``tasks`` (default: all)."""
@@ -130,7 +131,7 @@ class PerTaskTrunkModel(MultiTaskModel):
 
     def forward_heads(self, pyramids: dict[str, Sequence[Tensor]], tasks: Iterable[str] | None = None) -> dict:
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
-        return {t: self.heads[t](pyramids[t][self.task_specs[t].LEVELS]) for t in tasks}
+        return {t: self.heads[t]([pyramids[t][i] for i in self.level_index[t]]) for t in tasks}
 
     def forward(self, images: Tensor, tasks: Iterable[str] | None = None, return_features: bool = False):
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
@@ -249,7 +250,7 @@ def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[st
     tasks = list(heads)
     backbones = {t: backbone if i == 0 else copy.deepcopy(backbone) for i, t in enumerate(tasks)}
     necks = {t: FPN(backbone.out_channels, cfg.neck.channels, backbone.strides,
-                    extra_levels=task_specs[t].EXTRA_LEVELS) for t in tasks}
+                    extra_levels=max(task_specs[t].pyramid_strides()) > backbone.strides[-1]) for t in tasks}
     tie_initialisation([necks[t] for t in tasks])
     if cfg.sharing == "soft":
         return SoftSharingModel(backbones, necks, heads, task_specs, cfg.soft_sharing_weight)
