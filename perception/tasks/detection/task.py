@@ -44,6 +44,14 @@ class DetectionTask(Task):
     FIELDS = ("boxes", "scores", "labels", "class_names")
     OPTIONS = ("score_thresh",)
 
+    # model.scale -> this type's head (docs/scales.md): light towers, P3..P5 at the small scales.
+    SCALES = {
+        "n": {"num_convs": 1, "tower": "dwsep", "max_stride": 32},
+        "s": {"num_convs": 2, "tower": "dwsep", "max_stride": 32},
+        "m": {"num_convs": 2, "tower": "dwsep", "max_stride": 128},
+        "l": {"num_convs": 3, "tower": "dwsep", "max_stride": 128},
+    }
+
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def collate(cls, values: Sequence[Any | None], height: int, width: int) -> dict[str, list[Tensor]]:

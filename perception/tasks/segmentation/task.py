@@ -32,6 +32,14 @@ class SegmentationTask(Task):
     PER_CLASS = "iou"
     FIELDS = ("semantic", "semantic_names")
 
+    # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
+    SCALES = {
+        "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
+        "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
+        "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
+        "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
+    }
+
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def collate(cls, values: Sequence[Any | None], height: int, width: int) -> Tensor:
