@@ -165,3 +165,15 @@ def test_without_prune_the_pyramid_keeps_p2_as_before():
     assert model.neck.strides == (4, 8, 16, 32, 64, 128)
     _, model = _meta_model(["model.tasks=[detection]", "model.neck.prune=true"])
     assert model.neck.strides == (8, 16, 32, 64, 128)
+
+
+def test_scale_n_exports_to_onnx_and_matches_pytorch(tmp_path):
+    from perception.inference.export import compare_with_torch, export_onnx, read_metadata
+
+    torch.manual_seed(0)
+    model = build_model(load_config(None, ["model.scale=n"]).model).eval()
+    exported = export_onnx(model, tmp_path / "n.onnx", (64, 96), exporter="torchscript")
+    images = (np.random.default_rng(0).random((1, 3, 64, 96)) * 255).astype(np.float32)
+    diffs = compare_with_torch(exported.path, model, images)
+    assert set(diffs) == set(exported.output_names) and max(diffs.values()) < 1e-3, diffs
+    assert read_metadata(exported.path)["decode"]["detection"] == {"strides": [8, 16, 32]}  # P3..P5 decoded
