@@ -44,6 +44,10 @@ def test_every_scale_builds_for_the_list_and_a_mapping_with_two_segmentations(sc
         assert specs[name].cfg.channels == TASK_TYPES["segmentation"].SCALES[scale]["channels"]
     assert specs["drivable"].num_classes == 3 and specs["objects"].num_classes == 3  # the entries' own keys
     assert model.heads["drivable"].predictor.out_channels == 3
+    # A listed type without a section of its own in ModelConfig takes its preset too.
+    cfg, model = _meta_model([f"model.scale={scale}", "model.tasks=[segmentation, normals]"])
+    assert cfg.model.build_tasks()["normals"].cfg.stride == TASK_TYPES["normals"].SCALES[scale]["stride"]
+    assert model.heads["normals"].branch.stride == TASK_TYPES["normals"].SCALES[scale]["stride"]
 
 
 def test_parameters_strictly_increase_from_n_to_l():
