@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from perception.tasks import TASK_TYPES, Task, build_tasks
-from perception.utils.configurable import ConfigError, deep_merge, from_dict
 from perception.tasks.depth.config import DepthConfig
 from perception.tasks.detection.config import DetectionConfig
 from perception.tasks.segmentation.config import SegmentationConfig
+from perception.utils.configurable import ConfigError, deep_merge, from_dict
 
 @dataclass
 class BackboneConfig:
