@@ -6,12 +6,13 @@ part can be built from plain arguments without a config as well.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
-from perception.tasks import Task, build_tasks
+from perception.tasks import TASK_TYPES, Task, build_tasks
 from perception.tasks.depth.config import DepthConfig
 from perception.tasks.detection.config import DetectionConfig
 from perception.tasks.segmentation.config import SegmentationConfig
+from perception.utils.configurable import ConfigError, deep_merge, from_dict
 
 @dataclass
 class BackboneConfig:
@@ -43,13 +44,66 @@ class NeckConfig:
 
     Attributes:
         channels: channels of every pyramid level P2..P7.
+        prune: compute only the levels some head reads: no P2 (its lateral and output convolution, the
+            pyramid's costliest level) when every head starts at stride 8. Off by default: the pyramid then
+            always has P2..P5, as checkpoints of earlier versions expect. (P6/P7 are only ever computed when a
+            head reads them.)
     """
 
     channels: int = 256
+    prune: bool = False
 
     def validate(self) -> None:
         if self.channels <= 0:
             raise ValueError(f"channels: got {self.channels}, expected a positive int")
+
+
+# ``model.scale`` -> the trunk it sets (backbone and neck); each task type sizes its own head per scale in its
+# ``Task.SCALES``. Chosen by measured multi-task cost (docs/scales.md).
+SCALES: dict[str, dict[str, dict[str, Any]]] = {
+    "n": {"backbone": {"name": "mobilenetv3_small_100"}, "neck": {"channels": 32, "prune": True}},
+    "s": {"backbone": {"name": "mobilenetv3_large_100"}, "neck": {"channels": 64, "prune": True}},
+    "m": {"backbone": {"name": "resnet18"}, "neck": {"channels": 96, "prune": True}},
+    "l": {"backbone": {"name": "resnet50"}, "neck": {"channels": 128, "prune": True}},
+}
+
+
+def scale_preset(data: Mapping[str, Any], prefix: str = "model.") -> dict[str, Any]:
+    """The ``model`` section ``data`` with its ``scale``'s settings merged under the keys it gives.
+
+    The scale sets ``backbone``, ``neck`` and, for every task instance, its type's ``SCALES[scale]``: through the
+    type's own section in the list form of ``tasks``, inside each entry in the mapping form. Whatever ``data``
+    gives explicitly wins (it is what the YAML files, their ``_base_`` chains and the overrides set together).
+
+    Raises:
+        ConfigError: for an unknown scale, naming the allowed ones.
+    """
+    scale = data.get("scale")
+    if scale is None:
+        return dict(data)
+    if scale not in SCALES:
+        raise ConfigError(f"{prefix}scale: got {scale!r}, expected one of {', '.join(SCALES)} (or null: the explicit "
+                          "settings)")
+    out = deep_merge(SCALES[scale], data)
+    tasks = data.get("tasks", _default_tasks())
+    if isinstance(tasks, Mapping):
+        entries = {}
+        for name, entry in tasks.items():
+            cls = TASK_TYPES.get(entry.get("type")) if isinstance(entry, Mapping) else None
+            entries[name] = deep_merge(cls.SCALES.get(scale, {}), entry) if cls is not None else entry
+        out["tasks"] = entries
+    elif isinstance(tasks, (list, tuple)):
+        for type_name in tasks:
+            cls = TASK_TYPES.get(type_name) if isinstance(type_name, str) else None
+            if cls is not None and type_name in ModelConfig.__dataclass_fields__:
+                section = data.get(type_name, {})
+                out[type_name] = deep_merge(cls.SCALES.get(scale, {}), section) if isinstance(section, Mapping) \
+                    else section
+    return out
+
+
+def _default_tasks() -> list[str]:
+    return ModelConfig.__dataclass_fields__["tasks"].default_factory()
 
 
 @dataclass
@@ -57,6 +111,9 @@ class ModelConfig:
     """The whole network.
 
     Attributes:
+        scale: ``n``, ``s``, ``m`` or ``l`` sets the backbone and every width and depth of the neck and the heads
+            (see docs/scales.md); keys given explicitly still win. ``null``: only the explicit settings and the
+            defaults below.
         tasks: the task instances, either a list of type names (each task is named after its type and takes its
             settings from the section of that name below, e.g. ``[detection, segmentation, depth]``), or a
             mapping ``name -> {type, label?, **settings}`` (``objects: {type: detection, num_classes: 8}``); see
@@ -80,6 +137,7 @@ class ModelConfig:
         adapter_channels: ``adapters``: the bottleneck channels r of every adapter.
     """
 
+    scale: str | None = None
     tasks: list[str] | dict[str, dict[str, Any]] = field(
         default_factory=lambda: ["detection", "segmentation", "depth"])
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -94,9 +152,19 @@ class ModelConfig:
     mtan_from_below: bool = True
     adapter_channels: int = 16
 
+    @classmethod
+    def with_preset(cls, data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        """``data`` with the settings of its ``scale`` merged under it (the hook of ``from_dict``)."""
+        return scale_preset(data, prefix)
+
     def build_tasks(self) -> dict[str, Task]:
         """The task instances, keyed by name, in their fixed order."""
         sections = {"detection": self.detection, "segmentation": self.segmentation, "depth": self.depth}
+        if self.scale is not None and isinstance(self.tasks, (list, tuple)):
+            for type_name in self.tasks:  # a listed type without a section here takes its scale's settings
+                if type_name in TASK_TYPES and type_name not in sections:
+                    cls = TASK_TYPES[type_name]
+                    sections[type_name] = from_dict(cls.Config, cls.SCALES.get(self.scale, {}), f"{type_name}.")
         return build_tasks(self.tasks, sections)
 
     @property
@@ -104,6 +172,8 @@ class ModelConfig:
         return list(self.build_tasks())
 
     def validate(self) -> None:
+        if self.scale is not None and self.scale not in SCALES:
+            raise ValueError(f"scale: got {self.scale!r}, expected one of {', '.join(SCALES)} (or null)")
         self.build_tasks()
         if self.soft_sharing_weight < 0:
             raise ValueError(f"soft_sharing_weight: got {self.soft_sharing_weight}, expected a value >= 0")

@@ -37,6 +37,7 @@ class MultiTaskModel(nn.Module):
         self.neck = neck
         self.heads = nn.ModuleDict(heads)
         self.task_specs = dict(task_specs)
+        self.level_index = {name: level_indices(task, neck.strides) for name, task in self.task_specs.items()}
 
     @property
     def tasks(self) -> list[str]:
@@ -55,7 +56,7 @@ class MultiTaskModel(nn.Module):
     def forward_heads(self, pyramid: Sequence[Tensor], tasks: Iterable[str] | None = None) -> dict:
         """Raw outputs of the heads in ``tasks`` (all by default), keyed by task."""
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
-        return {task: self.heads[task](pyramid[self.task_specs[task].LEVELS]) for task in tasks}
+        return {task: self.heads[task]([pyramid[i] for i in self.level_index[task]]) for task in tasks}
 
     def forward(self, images: Tensor, tasks: Iterable[str] | None = None, return_features: bool = False):
         """Raw outputs keyed by task name (each head's own form: a dict of tensors, logits, a raw map).
@@ -130,7 +131,15 @@ def _zero_loss(out) -> Tensor:
     return sum(t.float().sum() * 0.0 for t in leaves)
 
 
+def level_indices(task: Task, strides: Sequence[int]) -> list[int]:
+    """Positions in a pyramid of ``strides`` of the levels ``task`` reads."""
+    wanted = task.pyramid_strides()
+    missing = [s for s in wanted if s not in strides]
+    if missing:
+        raise ValueError(f"task {task.name!r} reads pyramid strides {list(wanted)}; the neck gives {list(strides)}")
+    return [list(strides).index(s) for s in wanted]
+
+
 def build_heads(tasks: dict[str, Task], neck: FPN) -> dict[str, nn.Module]:
     """One head per task on the pyramid levels it reads."""
-    strides = list(neck.strides)
-    return {name: task.build_head(neck.out_channels, strides[task.LEVELS]) for name, task in tasks.items()}
+    return {name: task.build_head(neck.out_channels, task.pyramid_strides()) for name, task in tasks.items()}

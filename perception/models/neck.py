@@ -1,7 +1,8 @@
 """The feature pyramid shared by every head (Lin et al., "Feature Pyramid Networks", CVPR 2017).
 
 torchvision's ``FeaturePyramidNetwork`` does the top-down pathway (it resizes by the lateral's own size, so odd
-input sizes work); RetinaNet/FCOS-style P6 and P7 are added on top of P5 only when detection needs them.
+input sizes work); RetinaNet/FCOS-style P6 and P7 are added on top of P5 only when a head reads them, and P2 is
+left out when none does.
 
 CPU bf16 autocast: P6 and P7 are computed in float32. oneDNN's bf16 weight-gradient kernel for AVX-512 CPUs
 (``jit_bf16:avx512_core``, torch 2.14) leaves the kernel taps that see only padding unwritten when a stride-2 3x3
@@ -44,6 +45,8 @@ class FPN(nn.Module):
         out_channels: channels of every pyramid level.
         in_strides: strides of C2..C5.
         extra_levels: add P6 and P7, computed from P5, for the detection head.
+        min_stride: the finest level computed; finer backbone levels are left out (no lateral, no output
+            convolution: e.g. 8 when no head reads P2, which saves the pyramid's most costly level).
 
     Attributes:
         out_channels: channels of every level.
@@ -51,16 +54,21 @@ class FPN(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, in_strides: Sequence[int] = (4, 8, 16, 32),
-                 extra_levels: bool = True) -> None:
+                 extra_levels: bool = True, min_stride: int | None = None) -> None:
         super().__init__()
+        in_strides = tuple(in_strides)
+        min_stride = in_strides[0] if min_stride is None else min_stride
+        if min_stride not in in_strides:
+            raise ValueError(f"FPN min_stride: got {min_stride}, expected one of the backbone's strides {in_strides}")
+        self.first = in_strides.index(min_stride)
         extra = ExtraLevels(out_channels, out_channels) if extra_levels else None
-        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=extra)
+        self.fpn = FeaturePyramidNetwork(list(in_channels)[self.first:], out_channels, extra_blocks=extra)
         self.out_channels = out_channels
-        self.strides = tuple(in_strides) + ((in_strides[-1] * 2, in_strides[-1] * 4) if extra_levels else ())
+        self.strides = in_strides[self.first:] + ((in_strides[-1] * 2, in_strides[-1] * 4) if extra_levels else ())
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """Args: features: [C2, C3, C4, C5]. Returns: [P2, P3, P4, P5] (+ [P6, P7])."""
-        named = OrderedDict((f"c{i + 2}", f) for i, f in enumerate(features))
+        """Args: features: [C2, C3, C4, C5]. Returns: the levels of ``strides``: [P2, P3, P4, P5] (+ [P6, P7])."""
+        named = OrderedDict((f"c{i + 2}", f) for i, f in enumerate(features) if i >= self.first)
         return list(self.fpn(named).values())
 
 

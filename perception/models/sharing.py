@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from perception.models.backbone import TimmBackbone
 from perception.models.config import ModelConfig
-from perception.models.multitask import MultiTaskModel
+from perception.models.multitask import MultiTaskModel, level_indices
 from perception.models.neck import FPN, pyramid_output_parameters
 from perception.ops.layers import num_groups
 from perception.tasks import Task
@@ -131,6 +131,7 @@ class PerTaskTrunkModel(MultiTaskModel):
         self.task_specs = dict(task_specs)
         self.backbone = nn.ModuleDict({t: backbones[t] for t in self.tasks})
         self.neck = nn.ModuleDict({t: necks[t] for t in self.tasks})
+        self.level_index = {t: level_indices(self.task_specs[t], necks[t].strides) for t in self.tasks}
 
     def forward_features(self, images: Tensor, tasks: Iterable[str] | None = None) -> dict[str, list[Tensor]]:
         """Task -> its pyramid [P2, ..., P5] (+ [P6, P7] for detection), for ``tasks`` (default: all)."""
@@ -138,7 +139,7 @@ class PerTaskTrunkModel(MultiTaskModel):
 
     def forward_heads(self, pyramids: dict[str, Sequence[Tensor]], tasks: Iterable[str] | None = None) -> dict:
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
-        return {t: self.heads[t](pyramids[t][self.task_specs[t].LEVELS]) for t in tasks}
+        return {t: self.heads[t]([pyramids[t][i] for i in self.level_index[t]]) for t in tasks}
 
     def forward(self, images: Tensor, tasks: Iterable[str] | None = None, return_features: bool = False):
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
@@ -356,8 +357,7 @@ class TaskAdaptedModel(MultiTaskModel):
 
     def forward_heads(self, pyramid: Sequence[Tensor], tasks: Iterable[str] | None = None) -> dict:
         tasks = self.tasks if tasks is None else self._check_subset(tasks)
-        levels = list(pyramid)
-        return {t: self.heads[t](self.task_modules[t](levels[self.task_specs[t].LEVELS])) for t in tasks}
+        return {t: self.heads[t](self.task_modules[t]([pyramid[i] for i in self.level_index[t]])) for t in tasks}
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         """Parameters of one task: its head and its attention masks or adapters."""
@@ -373,10 +373,9 @@ def build_task_adapted_model(cfg: ModelConfig, backbone: TimmBackbone, neck: FPN
     exactly as in ``hard`` sharing.
     """
     channels = neck.out_channels
-    num_levels = len(neck.strides)
     modules = {}
     for name, task in task_specs.items():
-        count = len(range(num_levels)[task.LEVELS])
+        count = len(level_indices(task, neck.strides))
         if cfg.sharing == "mtan":
             modules[name] = TaskLevels("mtan", channels, count, max(1, channels // cfg.mtan_reduction),
                                        cfg.mtan_from_below)
@@ -392,7 +391,7 @@ def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[st
     tasks = list(heads)
     backbones = {t: backbone if i == 0 else copy.deepcopy(backbone) for i, t in enumerate(tasks)}
     necks = {t: FPN(backbone.out_channels, cfg.neck.channels, backbone.strides,
-                    extra_levels=task_specs[t].EXTRA_LEVELS) for t in tasks}
+                    extra_levels=max(task_specs[t].pyramid_strides()) > backbone.strides[-1]) for t in tasks}
     tie_initialisation([necks[t] for t in tasks])
     if cfg.sharing == "soft":
         return SoftSharingModel(backbones, necks, heads, task_specs, cfg.soft_sharing_weight)

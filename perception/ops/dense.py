@@ -11,17 +11,18 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perception.ops.layers import conv_gn_relu
+from perception.ops.layers import conv_unit
 
 
 class ScaleBranch(nn.Module):
-    """conv-GN-ReLU stages that bring one pyramid level from ``stride`` to ``target_stride``."""
+    """conv-GN-ReLU stages (``conv``: dense 3x3, or ``dwsep``) that bring one pyramid level from ``stride`` to
+    ``target_stride``."""
 
-    def __init__(self, in_channels: int, channels: int, stride: int, target_stride: int) -> None:
+    def __init__(self, in_channels: int, channels: int, stride: int, target_stride: int, conv: str = "conv") -> None:
         super().__init__()
         num_up = max(0, (stride // target_stride).bit_length() - 1)  # log2(stride / target_stride)
         self.stages = nn.ModuleList(
-            [conv_gn_relu(in_channels if i == 0 else channels, channels) for i in range(max(1, num_up))])
+            [conv_unit(in_channels if i == 0 else channels, channels, conv) for i in range(max(1, num_up))])
         self.num_up = num_up
 
     def forward(self, x: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
@@ -34,26 +35,29 @@ class ScaleBranch(nn.Module):
 
 
 class SemanticFPNBranch(nn.Module):
-    """P2..P5 -> one feature map at the stride of P2 (1/4).
+    """P2..P5 -> one feature map at the stride of P2 (1/4); or P3..P5 -> one map at 1/8.
 
     Args:
         in_channels: channels of the pyramid levels.
         channels: channels of the branch.
-        in_strides: strides of the levels it reads (P2..P5: 4, 8, 16, 32).
+        in_strides: strides of the levels it reads (P2..P5: 4, 8, 16, 32); the output has the first one.
+        conv: ``conv`` (3x3 conv-GN-ReLU stages) or ``dwsep`` (depthwise-separable stages).
 
     Attributes:
         out_channels: channels of the output map.
         stride: stride of the output map.
     """
 
-    def __init__(self, in_channels: int, channels: int = 128, in_strides: Sequence[int] = (4, 8, 16, 32)) -> None:
+    def __init__(self, in_channels: int, channels: int = 128, in_strides: Sequence[int] = (4, 8, 16, 32),
+                 conv: str = "conv") -> None:
         super().__init__()
         self.stride = in_strides[0]
-        self.scales = nn.ModuleList([ScaleBranch(in_channels, channels, s, self.stride) for s in in_strides])
+        self.scales = nn.ModuleList([ScaleBranch(in_channels, channels, s, self.stride, conv) for s in in_strides])
         self.out_channels = channels
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Args: features: [P2, P3, P4, P5]. Returns: Tensor[B, channels, H/4, W/4]."""
+        """Args: features: [P2, P3, P4, P5] (or from P3). Returns: Tensor[B, channels, H/s, W/s], s the first
+        level's stride."""
         sizes = [tuple(f.shape[-2:]) for f in features]
         out = None
         for level, (branch, x) in enumerate(zip(self.scales, features)):

@@ -19,7 +19,8 @@ Pieces of a type, in the order data flows through them:
 - data: ``collate`` (per-sample targets -> one batched target), ``encode_dense``/``decode_dense`` (how the joint
   augmentation moves a dense target: nearest resampling as a mask, then e.g. a zoom divides depth or a flip
   negates a normal's x) or ``KIND = "boxes"`` for targets that albumentations moves as boxes;
-- model: ``build_head``, which pyramid levels it reads (``LEVELS``) and whether it needs P6/P7;
+- model: ``build_head``, which pyramid levels it reads (``pyramid_strides``, by default from ``LEVELS`` and
+  ``EXTRA_LEVELS``) and its settings per model scale (``SCALES``);
 - loss: ``loss(head, output, target, has)`` -> (scalar, detached components for logging);
 - post-processing: ``postprocess(head, output, size, **options)`` at the network input, ``restore`` to the
   original image;
@@ -41,6 +42,9 @@ from torch import Tensor, nn
 
 from perception.ops.geometry import Letterbox, dense_to_original
 
+# Strides of every level the neck can give: P2..P5 from the backbone's C2..C5, P6/P7 computed from P5.
+PYRAMID_STRIDES = (4, 8, 16, 32, 64, 128)
+
 
 class Task:
     """One named task instance of a registered type.
@@ -56,6 +60,9 @@ class Task:
     KIND: ClassVar[str] = "dense"                  # "dense" (moved as a mask) or "boxes" (moved as boxes)
     LEVELS: ClassVar[slice] = slice(0, 4)          # pyramid levels the head reads: P2..P5 by default
     EXTRA_LEVELS: ClassVar[bool] = False           # needs P6/P7 from the neck
+    # Per model scale (``model.scale``: n, s, m, l), the settings this type's instances default to; keys the
+    # config gives explicitly win. Each type sizes its own head (see docs/scales.md).
+    SCALES: ClassVar[dict[str, dict[str, Any]]] = {}
     HEADLINE: ClassVar[tuple[str, ...]] = ()       # metric keys printed first, in this order
     SIGNS: ClassVar[dict[str, int]] = {}           # metric -> +1 higher is better / -1 lower is better
     PER_CLASS: ClassVar[str] = ""                  # prefix of per-class metric keys ("AP", "iou"), if any
@@ -100,8 +107,14 @@ class Task:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------- model
+    def pyramid_strides(self) -> tuple[int, ...]:
+        """Strides of the pyramid levels this instance's head reads (a subset of ``PYRAMID_STRIDES``): by default
+        ``LEVELS`` of P2..P5, or of P2..P7 when ``EXTRA_LEVELS``; types whose settings choose the levels (fewer
+        levels at small scales) override it. The neck computes only the levels some head reads."""
+        return tuple(PYRAMID_STRIDES[:6 if self.EXTRA_LEVELS else 4][self.LEVELS])
+
     def build_head(self, in_channels: int, strides: Sequence[int]) -> nn.Module:
-        """The head on the pyramid levels ``LEVELS`` (``strides`` are theirs)."""
+        """The head on the pyramid levels of ``pyramid_strides`` (``strides`` are theirs, finest first)."""
         raise NotImplementedError
 
     def loss(self, head: nn.Module, output: Any, target: Any, has: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -222,6 +235,11 @@ class Task:
         """A JSON-serialisable summary of one result for ``predictions.jsonl`` (boxes in COCO style, class
         fractions, a value range, ...); the line nests it as ``"tasks": {name: {"type": ..., **record}}``."""
         raise NotImplementedError
+
+
+def dense_pyramid_strides(stride: int) -> tuple[int, ...]:
+    """The levels a dense branch of output ``stride`` fuses: from that stride to P5's (P2..P5 or P3..P5)."""
+    return tuple(s for s in PYRAMID_STRIDES[:4] if s >= stride)
 
 
 def _to_cpu(x: Any) -> Any:

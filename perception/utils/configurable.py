@@ -116,11 +116,17 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         data: a mapping of field names to values; missing fields take their defaults.
         prefix: dotted path of ``data`` inside the whole config, used in error messages.
 
+    A section whose class defines ``with_preset(data, prefix)`` (a classmethod) gets ``data`` through it first:
+    defaults that depend on other keys of the section (``model.scale``), merged under the keys given.
+
     Raises:
         ConfigError: for an unknown key (naming the closest valid ones) or a value of the wrong type.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    preset = getattr(cls, "with_preset", None)
+    if callable(preset):
+        data = preset(data, prefix)
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}

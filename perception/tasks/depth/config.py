@@ -11,6 +11,9 @@ class DepthConfig:
 
     Attributes:
         channels: channels of the branch's conv-GN-ReLU stages.
+        stride: output stride of the branch: 4 fuses P2..P5 at 1/4 of the input (Panoptic FPN); 8 fuses P3..P5
+            at 1/8, a quarter of the pixels, and lets the neck skip P2 when no other head reads it.
+        conv: the branch's unit: ``conv`` (3x3 conv-GN-ReLU) or ``dwsep`` (depthwise-separable).
         parameterization: ``log`` predicts log-depth (unbounded); ``sigmoid`` predicts
             ``max_depth * sigmoid(x)`` (bounded by ``max_depth``).
         min_depth: predictions are clamped below to this many metres.
@@ -24,6 +27,8 @@ class DepthConfig:
     """
 
     channels: int = 128
+    stride: Literal[4, 8] = 4
+    conv: Literal["conv", "dwsep"] = "conv"
     parameterization: Literal["log", "sigmoid"] = "log"
     min_depth: float = 1e-3
     max_depth: float = 250.0

@@ -31,12 +31,13 @@ class DepthHead(nn.Module):
         init_depth: initial prediction in metres (bias of the predictor).
         loss_max_depth: ground truth beyond this many metres is no measurement for the loss (default
             ``max_depth``: what the head cannot predict is not a target).
+        conv: the branch's unit, ``conv`` or ``dwsep``.
     """
 
     def __init__(self, in_channels: int, channels: int = 128, in_strides: Sequence[int] = (4, 8, 16, 32),
                  parameterization: str = "log", min_depth: float = 1e-3, max_depth: float = 250.0,
                  loss: str = "silog", silog_lambda: float = 0.85, silog_scale: float = 10.0,
-                 init_depth: float = 10.0, loss_max_depth: float | None = None) -> None:
+                 init_depth: float = 10.0, loss_max_depth: float | None = None, conv: str = "conv") -> None:
         super().__init__()
         if parameterization not in ("log", "sigmoid"):
             raise ValueError(f"depth parameterization: got {parameterization!r}, expected 'log' or 'sigmoid'")
@@ -49,7 +50,7 @@ class DepthHead(nn.Module):
         self.loss = loss
         self.silog_lambda = silog_lambda
         self.silog_scale = silog_scale
-        self.branch = SemanticFPNBranch(in_channels, channels, in_strides)
+        self.branch = SemanticFPNBranch(in_channels, channels, in_strides, conv)
         self.predictor = nn.Conv2d(channels, 1, 1)
         nn.init.normal_(self.predictor.weight, std=0.01)
         init_depth = min(max(init_depth, min_depth * 2), max_depth / 2)

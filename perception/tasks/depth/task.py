@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from perception.ops.draw import colorize_depth, depth_range
 from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original, dense_to_original_numpy
-from perception.tasks.base import Task
+from perception.tasks.base import Task, dense_pyramid_strides
 from perception.tasks.depth.config import DepthConfig
 from perception.tasks.depth.head import DepthHead
 from perception.tasks.depth.metric import DepthMetric
@@ -42,6 +42,14 @@ class DepthTask(Task):
     SCORE = "delta1"
     FIELDS = ("depth",)
 
+    # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
+    SCALES = {
+        "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
+        "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
+        "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
+        "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
+    }
+
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def collate(cls, values: Sequence[Any | None], height: int, width: int) -> Tensor:
@@ -59,10 +67,13 @@ class DepthTask(Task):
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
     # ------------------------------------------------------------------------------------------------- model
+    def pyramid_strides(self) -> tuple[int, ...]:
+        return dense_pyramid_strides(self.cfg.stride)
+
     def build_head(self, in_channels: int, strides: Sequence[int]) -> nn.Module:
         d = self.cfg
         return DepthHead(in_channels, d.channels, strides, d.parameterization, d.min_depth, d.max_depth, d.loss,
-                         d.silog_lambda, d.silog_scale, loss_max_depth=d.loss_max_depth)
+                         d.silog_lambda, d.silog_scale, loss_max_depth=d.loss_max_depth, conv=d.conv)
 
     def loss(self, head: nn.Module, output: Tensor, target: Tensor, has: Tensor) -> tuple[Tensor, dict]:
         return head.compute_loss(output.float(), target), {}

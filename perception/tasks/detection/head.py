@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from perception.ops.boxes import ltrb_to_boxes
 from perception.tasks.detection.decode import fcos_postprocess
 from perception.tasks.detection.loss import fcos_losses
-from perception.ops.layers import conv_gn_relu
+from perception.ops.layers import conv_unit
 
 
 MAX_LOG_DISTANCE = 7.0
@@ -128,6 +128,7 @@ class FCOSHead(nn.Module):
         num_classes: number of object classes.
         strides: strides of the levels it reads (P3..P7: 8 .. 128).
         num_convs: conv-GN-ReLU layers per tower.
+        tower: the towers' unit, ``conv`` or ``dwsep`` (:func:`perception.ops.layers.conv_unit`).
         prior_prob: initial foreground probability.
         center_sampling_radius, score_thresh, nms_thresh, topk_candidates, detections_per_img,
         focal_alpha, focal_gamma: see :class:`perception.tasks.detection.config.DetectionConfig`.
@@ -136,7 +137,8 @@ class FCOSHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
                  num_convs: int = 4, prior_prob: float = 0.01, center_sampling_radius: float = 1.5,
                  score_thresh: float = 0.2, nms_thresh: float = 0.6, topk_candidates: int = 1000,
-                 detections_per_img: int = 100, focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+                 detections_per_img: int = 100, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 tower: str = "conv") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"detection num_classes: got {num_classes}, expected at least 1")
@@ -150,8 +152,8 @@ class FCOSHead(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
-        self.cls_tower = nn.Sequential(*[conv_gn_relu(in_channels, in_channels) for _ in range(num_convs)])
-        self.box_tower = nn.Sequential(*[conv_gn_relu(in_channels, in_channels) for _ in range(num_convs)])
+        self.cls_tower = nn.Sequential(*[conv_unit(in_channels, in_channels, tower) for _ in range(num_convs)])
+        self.box_tower = nn.Sequential(*[conv_unit(in_channels, in_channels, tower) for _ in range(num_convs)])
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.box_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.ctr_pred = nn.Conv2d(in_channels, 1, 3, padding=1)
@@ -170,7 +172,7 @@ class FCOSHead(nn.Module):
         """Raw predictions of every location, levels concatenated.
 
         Args:
-            features: [P3, ..., P7].
+            features: [P3, ..., P7] (the levels of ``strides``).
 
         Returns:
             ``cls_logits`` (Tensor[B, A, C]), ``box_regression`` (Tensor[B, A, 4], ltrb distances in pixels,

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from perception.ops.boxes import ltrb_to_boxes
 from perception.ops.draw import draw_detections
 from perception.ops.geometry import Letterbox, boxes_to_original
-from perception.tasks.base import Task
+from perception.tasks.base import PYRAMID_STRIDES, Task
 from perception.tasks.detection.decode import fcos_postprocess_numpy, pyramid_sizes
 from perception.tasks.detection.config import DetectionConfig
 from perception.tasks.detection.head import FCOSHead
@@ -44,6 +44,14 @@ class DetectionTask(Task):
     FIELDS = ("boxes", "scores", "labels", "class_names")
     OPTIONS = ("score_thresh",)
 
+    # model.scale -> this type's head (docs/scales.md): light towers, P3..P5 at the small scales.
+    SCALES = {
+        "n": {"num_convs": 1, "tower": "dwsep", "max_stride": 32},
+        "s": {"num_convs": 2, "tower": "dwsep", "max_stride": 32},
+        "m": {"num_convs": 2, "tower": "dwsep", "max_stride": 128},
+        "l": {"num_convs": 3, "tower": "dwsep", "max_stride": 128},
+    }
+
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def collate(cls, values: Sequence[Any | None], height: int, width: int) -> dict[str, list[Tensor]]:
@@ -66,11 +74,15 @@ class DetectionTask(Task):
         return out
 
     # ------------------------------------------------------------------------------------------------- model
+    def pyramid_strides(self) -> tuple[int, ...]:
+        """P3 up to ``max_stride``: P3..P7 by default, P3..P5 for the light scales."""
+        return tuple(s for s in PYRAMID_STRIDES[1:] if s <= self.cfg.max_stride)
+
     def build_head(self, in_channels: int, strides: Sequence[int]) -> nn.Module:
         d = self.cfg
         return FCOSHead(in_channels, d.num_classes, strides, d.num_convs, d.prior_prob, d.center_sampling_radius,
                         d.score_thresh, d.nms_thresh, d.topk_candidates, d.detections_per_img, d.focal_alpha,
-                        d.focal_gamma)
+                        d.focal_gamma, d.tower)
 
     def loss(self, head: nn.Module, output: dict, target: dict, has: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         parts = head.compute_loss(output, target["boxes"], target["labels"], has)

@@ -28,15 +28,16 @@ class NormalsHead(nn.Module):
         channels: channels of the branch.
         in_strides: strides of the levels it reads.
         loss: ``cosine`` or ``l1`` (see :func:`perception.tasks.normals.loss.normals_loss`).
+        conv: the branch's unit, ``conv`` or ``dwsep``.
     """
 
     def __init__(self, in_channels: int, channels: int = 128, in_strides: Sequence[int] = (4, 8, 16, 32),
-                 loss: str = "cosine") -> None:
+                 loss: str = "cosine", conv: str = "conv") -> None:
         super().__init__()
         if loss not in ("cosine", "l1"):
             raise ValueError(f"normals loss: got {loss!r}, expected 'cosine' or 'l1'")
         self.loss = loss
-        self.branch = SemanticFPNBranch(in_channels, channels, in_strides)
+        self.branch = SemanticFPNBranch(in_channels, channels, in_strides, conv)
         self.predictor = nn.Conv2d(channels, 3, 1)
         # PyTorch's default (unit-scale) weights and a zero bias: normalising a near-zero vector (the 0.01-std
         # start of the other heads) would scale its gradient up by the inverse of its length, and a fixed bias

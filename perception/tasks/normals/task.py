@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original_numpy
-from perception.tasks.base import Task
+from perception.tasks.base import Task, dense_pyramid_strides
 from perception.tasks.common import dense_batch
 from perception.tasks.normals.config import NormalsConfig
 from perception.tasks.normals.head import NormalsHead, unit
@@ -34,6 +34,14 @@ class NormalsTask(Task):
     LOSS_KIND = "regression"
     FIELDS = ("normals",)
 
+    # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
+    SCALES = {
+        "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
+        "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
+        "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
+        "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
+    }
+
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def collate(cls, values: Sequence[Any | None], height: int, width: int) -> Tensor:
@@ -52,8 +60,11 @@ class NormalsTask(Task):
         return torch.from_numpy(out)
 
     # ------------------------------------------------------------------------------------------------- model
+    def pyramid_strides(self) -> tuple[int, ...]:
+        return dense_pyramid_strides(self.cfg.stride)
+
     def build_head(self, in_channels: int, strides: Sequence[int]) -> nn.Module:
-        return NormalsHead(in_channels, self.cfg.channels, strides, self.cfg.loss)
+        return NormalsHead(in_channels, self.cfg.channels, strides, self.cfg.loss, self.cfg.conv)
 
     def loss(self, head: nn.Module, output: Tensor, target: Tensor, has: Tensor) -> tuple[Tensor, dict]:
         # Images without normals carry all-zero targets, which count nowhere: ``has`` is not needed.

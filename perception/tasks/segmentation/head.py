@@ -14,7 +14,7 @@ from perception.ops.dense import SemanticFPNBranch, upsample
 
 
 class SegmentationHead(nn.Module):
-    """P2..P5 -> class logits at 1/4 of the input size.
+    """P2..P5 -> class logits at 1/4 of the input size (P3..P5 -> 1/8).
 
     Args:
         in_channels: channels of the pyramid levels.
@@ -22,16 +22,17 @@ class SegmentationHead(nn.Module):
         channels: channels of the semantic branch.
         in_strides: strides of the levels it reads.
         ignore_index: label without loss.
+        conv: the branch's unit, ``conv`` or ``dwsep``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128,
-                 in_strides: Sequence[int] = (4, 8, 16, 32), ignore_index: int = 255) -> None:
+                 in_strides: Sequence[int] = (4, 8, 16, 32), ignore_index: int = 255, conv: str = "conv") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"segmentation num_classes: got {num_classes}, expected at least 1")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.branch = SemanticFPNBranch(in_channels, channels, in_strides)
+        self.branch = SemanticFPNBranch(in_channels, channels, in_strides, conv)
         self.predictor = nn.Conv2d(channels, num_classes, 1)
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.zeros_(self.predictor.bias)

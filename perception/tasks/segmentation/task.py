@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from perception.ops.draw import class_palette, overlay_segmentation
 from perception.ops.geometry import Letterbox, argmax_to_original, argmax_to_original_numpy, crop_resize_nearest
-from perception.tasks.base import Task
+from perception.tasks.base import Task, dense_pyramid_strides
 from perception.tasks.common import IGNORE_INDEX, dense_batch
 from perception.tasks.segmentation.config import SegmentationConfig
 from perception.tasks.segmentation.head import SegmentationHead
@@ -32,6 +32,14 @@ class SegmentationTask(Task):
     PER_CLASS = "iou"
     FIELDS = ("semantic", "semantic_names")
 
+    # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
+    SCALES = {
+        "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
+        "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
+        "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
+        "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
+    }
+
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def collate(cls, values: Sequence[Any | None], height: int, width: int) -> Tensor:
@@ -47,9 +55,12 @@ class SegmentationTask(Task):
         return torch.from_numpy((array.astype(np.int64) - 1) % 256)
 
     # ------------------------------------------------------------------------------------------------- model
+    def pyramid_strides(self) -> tuple[int, ...]:
+        return dense_pyramid_strides(self.cfg.stride)
+
     def build_head(self, in_channels: int, strides: Sequence[int]) -> nn.Module:
         s = self.cfg
-        return SegmentationHead(in_channels, s.num_classes, s.channels, strides, s.ignore_index)
+        return SegmentationHead(in_channels, s.num_classes, s.channels, strides, s.ignore_index, s.conv)
 
     def loss(self, head: nn.Module, output: Tensor, target: Tensor, has: Tensor) -> tuple[Tensor, dict]:
         return head.compute_loss(output.float(), target), {}

@@ -1,0 +1,183 @@
+"""Model scales (``model.scale: n | s | m | l``) and the light head options they are made of."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from perception.config import ConfigError, load_config
+from perception.data.batch import collate
+from perception.models import build_model
+from perception.models.config import SCALES
+from perception.ops.geometry import Letterbox
+from perception.ops.layers import conv_gn_relu, dwsep_gn_relu
+from perception.tasks import TASK_TYPES
+from scenes import toy_scene
+
+TWO_SEGMENTATIONS = ("model.tasks={objects: {type: detection, num_classes: 3}, "
+                     "semantic: {type: segmentation, num_classes: 4}, "
+                     "drivable: {type: segmentation, num_classes: 3, label: drivable}, depth: {type: depth}}")
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _meta_model(overrides: list[str]):
+    cfg = load_config(None, overrides)
+    with torch.device("meta"):  # shapes only: no weights initialised, no time spent
+        return cfg, build_model(cfg.model)
+
+
+@pytest.mark.parametrize("scale", list(SCALES))
+def test_every_scale_builds_for_the_list_and_a_mapping_with_two_segmentations(scale):
+    cfg, model = _meta_model([f"model.scale={scale}"])
+    assert cfg.model.backbone.name == SCALES[scale]["backbone"]["name"]
+    assert model.neck.out_channels == SCALES[scale]["neck"]["channels"]
+    for name, task in cfg.model.build_tasks().items():  # each task got its type's preset
+        for key, value in type(task).SCALES[scale].items():
+            assert getattr(task.cfg, key) == value, (name, key)
+    cfg, model = _meta_model([f"model.scale={scale}", TWO_SEGMENTATIONS])
+    specs = cfg.model.build_tasks()
+    assert model.tasks == ["objects", "semantic", "drivable", "depth"]
+    for name in ("semantic", "drivable"):
+        assert specs[name].cfg.channels == TASK_TYPES["segmentation"].SCALES[scale]["channels"]
+    assert specs["drivable"].num_classes == 3 and specs["objects"].num_classes == 3  # the entries' own keys
+    assert model.heads["drivable"].predictor.out_channels == 3
+    # A listed type without a section of its own in ModelConfig takes its preset too.
+    cfg, model = _meta_model([f"model.scale={scale}", "model.tasks=[segmentation, normals]"])
+    assert cfg.model.build_tasks()["normals"].cfg.stride == TASK_TYPES["normals"].SCALES[scale]["stride"]
+    assert model.heads["normals"].branch.stride == TASK_TYPES["normals"].SCALES[scale]["stride"]
+
+
+def test_parameters_strictly_increase_from_n_to_l():
+    counts = [_params(_meta_model([f"model.scale={s}"])[1]) for s in ("n", "s", "m", "l")]
+    assert counts == sorted(counts) and len(set(counts)) == 4
+
+
+def test_the_small_scales_compute_no_p2_and_no_p6_p7():
+    _, model = _meta_model(["model.scale=n"])
+    assert model.neck.strides == (8, 16, 32)
+    assert len(model.neck.fpn.inner_blocks) == 3 and model.neck.fpn.extra_blocks is None
+    assert model.heads["detection"].strides == (8, 16, 32)
+
+
+def test_explicit_keys_override_the_preset_from_yaml_base_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "model:\n  scale: s\n  neck: {channels: 40}\n  segmentation: {stride: 4}\n", encoding="utf-8")
+    (tmp_path / "child.yaml").write_text(
+        "_base_: base.yaml\nmodel:\n  detection: {num_convs: 3}\n  backbone: {name: resnet18}\n", encoding="utf-8")
+    cfg = load_config(tmp_path / "child.yaml", ["model.depth.channels=24"])
+    m = cfg.model
+    assert m.scale == "s"
+    assert m.neck.channels == 40 and m.segmentation.stride == 4            # from the _base_ file
+    assert m.detection.num_convs == 3 and m.backbone.name == "resnet18"    # from the child
+    assert m.depth.channels == 24                                          # from the override
+    # Everything not given comes from the preset.
+    assert m.neck.prune is True and m.detection.tower == "dwsep" and m.detection.max_stride == 32
+    assert m.segmentation.channels == 64 and m.depth.stride == 8
+    # An override can change the scale the files chose; the files' explicit keys still win.
+    m = load_config(tmp_path / "child.yaml", ["model.scale=l"]).model
+    assert m.neck.channels == 40 and m.backbone.name == "resnet18" and m.detection.max_stride == 128
+    assert m.depth.channels == TASK_TYPES["depth"].SCALES["l"]["channels"]
+
+
+def test_no_scale_is_the_explicit_settings_and_a_resolved_config_round_trips(tmp_path):
+    assert load_config(None, ["model.scale=null"]) == load_config(None)
+    from perception.config import config_from_dict, config_to_dict
+
+    cfg = load_config(None, ["model.scale=m", "model.neck.channels=48"])
+    assert config_from_dict(config_to_dict(cfg)) == cfg  # a checkpoint's config rebuilds the same network
+
+
+def test_unknown_scale_is_a_one_line_error_naming_the_key_and_the_values():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.scale=xl"])
+    message = str(err.value)
+    assert "\n" not in message and "model.scale" in message and "'xl'" in message
+    assert "n, s, m, l" in message
+
+
+def test_scale_n_trains_a_step_on_a_tiny_batch():
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.scale=n"])
+    model = build_model(cfg.model).train()
+    batch = collate([toy_scene(np.random.default_rng([3, i]), 64, 96) for i in range(2)])
+    outputs = model(batch.images)
+    assert outputs["segmentation"].shape == (2, 19, 8, 12)                 # stride 8
+    assert outputs["detection"]["cls_logits"].shape[1] == 8 * 12 + 4 * 6 + 2 * 3
+    losses, _ = model.compute_losses(outputs, batch)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    for name in model.tasks:  # every head and the trunk got a gradient
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.task_parameters(name)), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    predictions = model.eval().postprocess(model.eval()(batch.images), (64, 96))
+    assert predictions["segmentation"].shape == (2, 64, 96) and predictions["depth"].shape == (2, 64, 96)
+
+
+def test_dwsep_unit_has_the_shape_and_far_fewer_weights_of_a_dense_conv():
+    x = torch.randn(2, 64, 9, 7)
+    dense, separable = conv_gn_relu(64, 48), dwsep_gn_relu(64, 48)
+    assert separable(x).shape == dense(x).shape == (2, 48, 9, 7)
+    conv_weights = lambda m: sum(p.numel() for n, p in m.named_parameters() if p.ndim == 4)  # noqa: E731
+    assert conv_weights(separable) == 64 * 9 + 64 * 48 and conv_weights(dense) == 64 * 48 * 9
+
+
+@pytest.mark.parametrize("tower", ["conv", "dwsep"])
+def test_detection_on_p3_p5_decodes_the_same_in_torch_and_numpy(tower):
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone.name=test_resnet", "model.neck.channels=16", "model.neck.prune=true",
+                             "model.tasks=[detection]", f"model.detection.tower={tower}",
+                             "model.detection.max_stride=32", "model.detection.num_classes=3",
+                             "model.detection.num_convs=1"])
+    model = build_model(cfg.model).eval()
+    assert model.neck.strides == (8, 16, 32)
+    task, head = model.task_specs["detection"], model.heads["detection"]
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 96) * 255)["detection"]
+        # Deterministic, well-separated scores so that both decodes keep the same candidates.
+        out["cls_logits"] = torch.linspace(-3, 3, out["cls_logits"].numel()).reshape(out["cls_logits"].shape)
+        assert out["cls_logits"].shape == (1, 8 * 12 + 4 * 6 + 2 * 3, 3)
+        assert out["num_per_level"] == (96, 24, 6)
+        torch_det = task.postprocess(head, out, (64, 96), score_thresh=0.3)[0]
+        exported = {k: v[0].numpy() for k, v in task.export_outputs(head, out).items()}
+    box = Letterbox(64, 96, 64, 96, 64, 96)
+    numpy_det = task.decode_numpy(exported, box, score_thresh=0.3, **task.export_metadata(head))
+    assert task.export_metadata(head) == {"strides": [8, 16, 32]}
+    assert len(torch_det["boxes"]) > 0
+    np.testing.assert_allclose(numpy_det["boxes"], torch_det["boxes"].numpy(), atol=1e-3)
+    np.testing.assert_array_equal(numpy_det["labels"], torch_det["labels"].numpy())
+
+
+@pytest.mark.parametrize("type_name", ["segmentation", "depth", "normals"])
+def test_dense_branch_at_stride_8_reads_p3_p5_and_predicts_at_input_size(type_name):
+    cfg = load_config(None, ["model.backbone.name=test_resnet", "model.neck.channels=16", "model.neck.prune=true",
+                             f"model.tasks={{a: {{type: {type_name}, stride: 8, conv: dwsep, channels: 8}}}}"])
+    model = build_model(cfg.model).eval()
+    assert model.neck.strides == (8, 16, 32)
+    with torch.no_grad():
+        raw = model(torch.rand(1, 3, 64, 96) * 255)["a"]
+        assert raw.shape[-2:] == (8, 12)
+        pred = model.postprocess({"a": raw}, (64, 96))["a"]
+    assert tuple(pred.shape[1:3]) == (64, 96)
+
+
+def test_without_prune_the_pyramid_keeps_p2_as_before():
+    """A detection-only model of the default settings keeps the P2 level older checkpoints hold."""
+    _, model = _meta_model(["model.tasks=[detection]"])
+    assert model.neck.strides == (4, 8, 16, 32, 64, 128)
+    _, model = _meta_model(["model.tasks=[detection]", "model.neck.prune=true"])
+    assert model.neck.strides == (8, 16, 32, 64, 128)
+
+
+def test_scale_n_exports_to_onnx_and_matches_pytorch(tmp_path):
+    from perception.inference.export import compare_with_torch, export_onnx, read_metadata
+
+    torch.manual_seed(0)
+    model = build_model(load_config(None, ["model.scale=n"]).model).eval()
+    exported = export_onnx(model, tmp_path / "n.onnx", (64, 96), exporter="torchscript")
+    images = (np.random.default_rng(0).random((1, 3, 64, 96)) * 255).astype(np.float32)
+    diffs = compare_with_torch(exported.path, model, images)
+    assert set(diffs) == set(exported.output_names) and max(diffs.values()) < 1e-3, diffs
+    assert read_metadata(exported.path)["decode"]["detection"] == {"strides": [8, 16, 32]}  # P3..P5 decoded
