@@ -140,3 +140,22 @@ def test_task_module_settings_are_validated():
         tiny_model(sharing="mtan", mtan_reduction=64)                   # above neck.channels (32)
     with pytest.raises(ConfigError, match="adapter_channels"):
         tiny_model(sharing="adapters", adapter_channels=0)
+
+
+@pytest.mark.parametrize("sharing", ["mtan", "adapters"])
+def test_task_modules_follow_the_levels_of_a_pruned_pyramid(sharing, batch):
+    # Detection on P3..P5 and stride-8 dense branches on a pruned neck (no P2, no P6/P7): each task gets one
+    # module per level its head reads, and the outputs have the hard-sharing shapes.
+    settings = {"neck": {"channels": 32, "prune": True}, "detection": {"num_classes": 8, "max_stride": 32},
+                "segmentation": {"num_classes": 19, "stride": 8}, "depth": {"stride": 8}}
+    torch.manual_seed(0)
+    hard = tiny_model(**settings).eval()
+    torch.manual_seed(0)
+    adapted = tiny_model(sharing=sharing, **settings).eval()
+    assert hard.neck.strides == (8, 16, 32)
+    assert {t: len(m.levels) for t, m in adapted.task_modules.items()} == {t: 3 for t in TASKS}
+    with torch.no_grad():
+        a, b = hard(batch.images), adapted(batch.images)
+    assert [x.shape for x in _leaves(a)] == [x.shape for x in _leaves(b)]
+    if sharing == "adapters":
+        assert all(torch.equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))
