@@ -6,7 +6,8 @@
 
 A variant is ``NAME:KEY=VALUE,KEY=VALUE`` (the ``key=value`` overrides of ``tools/train.py``, applied to
 ``--config``; commas inside brackets stay, e.g. ``model.tasks=[detection,depth]``); ``NAME`` alone is the config
-as it is. Per variant, with random weights (speed does not depend on them):
+as it is. Per variant, with random weights (the forward's cost does not depend on them; post-processing
+costs somewhat more than with trained ones: more boxes reach the NMS, more pixels lie on class boundaries):
 
 - ``params_M``: parameters of the multi-task network, ``sum(p.numel())``, in millions;
 - ``gflops_640``: FLOPs of one 640x640 forward, counted by ``torch.utils.flop_counter.FlopCounterMode``: 2 per
@@ -38,12 +39,8 @@ from perception.benchmark.common import (machine_info, markdown_table, print_tab
 from perception.benchmark.predictor import parse_size
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = ROOT / "configs" / "synthetic_driving.yaml"
+DEFAULT_CONFIG = ROOT / "configs" / "synthetic_driving_scales.yaml"  # the architecture left to model.scale
 SCALES = ("n", "s", "m", "l")
-# Until ``model.scale`` exists: the demo config and the two light settings of issue 14's measurements.
-LIGHT = "model.backbone.name=mobilenetv3_large_100,model.neck.channels={c},model.detection.num_convs={k}," \
-        "model.segmentation.channels={c},model.depth.channels={c}"
-EXPLICIT_VARIANTS = ("demo:", "mnv3-64:" + LIGHT.format(c=64, k=2), "mnv3-32:" + LIGHT.format(c=32, k=1))
 BACKENDS = ("eager", "onnx")
 
 COLUMNS = [("variant", "model"), ("backbone", "backbone"), ("params_M", "params (M)"),
@@ -51,24 +48,17 @@ COLUMNS = [("variant", "model"), ("backbone", "backbone"), ("params_M", "params 
            ("multi_vs_single", "multi / 3 single")]
 
 
-def has_scales() -> bool:
-    """Whether this toolkit's model config has the ``scale`` key (``model.scale: n | s | m | l``)."""
-    from perception.models.config import ModelConfig
-
-    return "scale" in {f.name for f in dataclasses.fields(ModelConfig)}
-
-
 def default_variants() -> list[str]:
-    """The scales n, s, m, l when the config has them, else the explicit light settings."""
-    return [f"{s}:model.scale={s}" for s in SCALES] if has_scales() else list(EXPLICIT_VARIANTS)
+    """The rows by default: the scales n, s, m, l."""
+    return [f"{s}:model.scale={s}" for s in SCALES]
 
 
 def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     """The options ``scales`` and ``peers`` share: which networks, which photo, how timed."""
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the base config of every variant")
     parser.add_argument("--variants", nargs="+", default=None, metavar="NAME:KEY=VALUE,...",
-                        help="the rows (default: the model.scale presets n s m l; without them, explicit "
-                             f"settings: {' '.join(v.split(':')[0] for v in EXPLICIT_VARIANTS)})")
+                        help="the rows (default: the model.scale presets n s m l; e.g. "
+                             "'demo:' for the config as it is, 'wide:model.neck.channels=128,...')")
     parser.add_argument("--image-size", type=int, nargs=2, default=[640, 640], metavar=("H", "W"),
                         help="network size the photo is fitted into")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
