@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 
 import pytest
+import torch
 import yaml
 
 from _tool_utils import load_tool
@@ -126,3 +128,46 @@ def test_a_tiny_scales_table_has_its_columns_and_the_real_parameter_count(tmp_pa
     assert line.startswith(f"| tiny | test_resnet | {row['params_M']:.2f} | ")
     assert "1 thread," in result["conditions"] and "48x40 fitted into 64x64" in result["conditions"]
     assert header in capsys.readouterr().out
+
+
+def test_weights_name_a_variant_or_stop_with_one_line():
+    from perception.benchmark.scales import parse_variant, parse_weights
+
+    variants = [parse_variant("n:model.scale=n"), parse_variant("s:model.scale=s")]
+    assert parse_weights(["n=runs/n/best.pt"], variants) == {"n": "runs/n/best.pt"}
+    for bad in ("x=runs/x.pt", "n", "n="):
+        with pytest.raises(ValueError, match=r"--weights .*expected NAME=CHECKPOINT with NAME one of n, s"):
+            parse_weights([bad], variants)
+
+
+def test_a_variant_runs_with_the_weights_of_its_checkpoint(tmp_path, capsys, one_thread):
+    from _inference_utils import tiny_config, tiny_model, write_checkpoint
+    from perception.benchmark import scales
+    from perception.config import config_to_dict
+
+    cfg = tiny_config(image_size=(64, 64))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(cfg)), encoding="utf-8")
+    trained = tiny_model(cfg, seed=5)
+    checkpoint = write_checkpoint(tmp_path / "tiny.pt", cfg, trained)
+    seen = []
+    real = scales.time_predictors
+
+    def spy(model, *args, **kwargs):
+        seen.append(model)
+        return real(model, *args, **kwargs)
+
+    args = ["--config", str(config), "--variants", "tiny:", "--image-size", "64", "64", "--photo", "48x40",
+            "--repeats", "1", "--warmup", "0", "--backends", "eager", "--no-ratio"]
+    import unittest.mock
+
+    with unittest.mock.patch.object(scales, "time_predictors", spy):
+        result = benchmark_tool.main(["scales", *args, "--weights", f"tiny={checkpoint}"])
+    assert result == 0
+    state = seen[0].state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items())
+    # A checkpoint of another network is refused with one line naming both sizes.
+    other = write_checkpoint(tmp_path / "other.pt", cfg, trained)
+    assert benchmark_tool.main(["scales", *args, "--variants", "wide:model.neck.channels=64",
+                                "--weights", f"wide={other}"]) == 2
+    assert re.search(r"the checkpoint's network has \d+ parameters, variant 'wide' \d+", capsys.readouterr().err)

@@ -31,7 +31,7 @@ import torch
 
 from perception.benchmark.common import machine_info, markdown_table, print_table, write_json, write_text
 from perception.benchmark.scales import (ROOT, add_variant_arguments, conditions, default_variants,
-                                         measure_variant, parse_variant, read_photo)
+                                         measure_variant, parse_variant, parse_weights, read_photo)
 
 WORKER = Path(__file__).with_name("peers_worker.py")
 DEFAULT_PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     info = run_worker(python, ["--info"], args.timeout)
     image_path = args.image or str(Path(info["assets"]) / "bus.jpg")
     variants = [parse_variant(v) for v in (args.variants or default_variants())]
+    args.weights_of = parse_weights(args.weights, variants)
     image = read_photo(image_path, "")
     with tempfile.TemporaryDirectory() as tmp:
         ours = [measure_variant(args.config, v, image, args, Path(tmp), ratio=False) for v in variants]

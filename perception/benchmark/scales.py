@@ -65,8 +65,23 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of torch and onnxruntime (0: torch's)")
+    parser.add_argument("--weights", nargs="+", default=[], metavar="NAME=CHECKPOINT",
+                        help="trained weights for a variant (its checkpoint must hold the variant's network): "
+                             "post-processing then costs what it costs in use; random weights otherwise")
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("--markdown", default="", help="write the markdown table here")
+
+
+def parse_weights(items: Sequence[str], variants: Sequence["Variant"]) -> dict[str, str]:
+    """``["n=runs/n/best.pt", ...]`` -> ``{"n": "runs/n/best.pt"}``, each naming a variant."""
+    names = [v.name for v in variants]
+    weights = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in names or not path:
+            raise ValueError(f"--weights {item!r}: expected NAME=CHECKPOINT with NAME one of {', '.join(names)}")
+        weights[name] = path
+    return weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,8 +192,18 @@ def measure_variant(config: str, variant: Variant, image: np.ndarray, args: argp
     cfg = variant_config(config, variant)
     torch.manual_seed(0)
     model = build_from_config(cfg.model, torch.device("cpu"))
+    weights = getattr(args, "weights_of", {}).get(variant.name)
+    if weights:
+        from perception.inference.loading import load_model
+
+        trained = load_model(weights).model
+        if count_params(trained) != count_params(model):
+            raise ValueError(f"--weights {variant.name}={weights}: the checkpoint's network has "
+                             f"{count_params(trained)} parameters, variant {variant.name!r} {count_params(model)}")
+        model = trained
     row: dict[str, Any] = {"variant": variant.name, "overrides": ",".join(variant.overrides),
-                           "backbone": cfg.model.backbone.name, "params": count_params(model)}
+                           "backbone": cfg.model.backbone.name, "params": count_params(model),
+                           "weights": weights or "random"}
     row["params_M"] = row["params"] / 1e6
     row["gflops_640"] = gflops(model, (640, 640))
     row.update(time_predictors(model, image, args.image_size, args.backends, args.warmup, args.repeats,
@@ -200,13 +225,16 @@ def conditions(image: np.ndarray, image_size: Sequence[int], args: argparse.Name
     return (f"{info['cpu']} ({info['cpu_count']} cores), {threads} thread{'s' * (threads != 1)}, "
             f"torch {info['torch']}; "
             f"{source} {image.shape[0]}x{image.shape[1]} fitted into {image_size[0]}x{image_size[1]}; median of "
-            f"{args.repeats} after {args.warmup} warm-up, random weights")
+            f"{args.repeats} after {args.warmup} warm-up, "
+            + (f"trained weights for {', '.join(sorted(args.weights_of))}" if getattr(args, "weights_of", None)
+               else "random weights"))
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [parse_variant(v) for v in (args.variants or default_variants())]
+    args.weights_of = parse_weights(args.weights, variants)
     image = read_photo(args.image, args.photo)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure_variant(args.config, v, image, args, Path(tmp), not args.no_ratio) for v in variants]
