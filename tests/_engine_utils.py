@@ -23,8 +23,8 @@ TINY_MODEL = [
 
 
 def tiny_config(output_dir, *overrides: str) -> Config:
-    """A config of the tiny test network, quiet, on CPU, AdamW at 2e-3."""
-    base = [*TINY_MODEL, f"output_dir={output_dir}", "train.device=cpu", "train.progress=false",
+    """A config of the tiny test network, quiet, on CPU, AdamW at 2e-3, uncertainty weighting (one backward)."""
+    base = [*TINY_MODEL, "weighting.method=uncertainty", f"output_dir={output_dir}", "train.device=cpu", "train.progress=false",
             "train.tensorboard=false", "train.lr=0.002", "train.warmup_steps=2", "train.max_steps=6",
             "train.log_interval=2", "train.eval_interval=0", "train.num_overlays=0", "data.batch_size=2",
             "data.num_workers=0", "data.image_size=[64, 64]", "eval.detection_score_thresh=0.05"]

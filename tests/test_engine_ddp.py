@@ -35,7 +35,8 @@ def _batch(indices):
 
 def _first_step_grads(rank: int, world: int, manual: bool, indices=None) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    cfg = load_config(None, [*TINY_MODEL, "model.tasks=[segmentation]", "model.backbone.frozen_bn=true"])
+    cfg = load_config(None, [*TINY_MODEL, "model.tasks=[segmentation]", "model.backbone.frozen_bn=true",
+                             "weighting.method=uncertainty"])
     model = build_model(cfg.model)
     weighting = ManualSyncWeighting(model.tasks) if manual else build_weighting(cfg.weighting, model.tasks)
     forward = model

@@ -17,7 +17,8 @@ from perception.mtl import build_weighting
 
 
 def test_no_weight_decay_on_norms_biases_and_the_weighting():
-    cfg = load_config(None, [*TINY_MODEL, "train.weight_decay=0.05", "train.backbone_lr_mult=0.1", "train.lr=0.01"])
+    cfg = load_config(None, [*TINY_MODEL, "train.weight_decay=0.05", "train.backbone_lr_mult=0.1", "train.lr=0.01",
+                             "weighting.method=uncertainty"])  # a weighting with parameters of its own
     model = build_model(cfg.model)
     weighting = build_weighting(cfg.weighting, model.tasks)
     optimizer = build_optimizer(param_groups(model, weighting, 0.05, 0.1), cfg.train)

@@ -67,9 +67,12 @@ class WeightingConfig:
         nash_update_every: ``nash_mtl`` solves for its weights every this many steps and reuses them between.
         db_mtl_beta: decay of ``db_mtl``'s moving average of each task's gradient (LibMTL: 0.9).
         task_schedule: which tasks each step optimises.
+
+    The default, ``aligned_mtl``, ranks first in the measured comparison (docs/mtl.md, 3 seeds); it costs
+    one backward pass per task (about 1.8x the training step of a loss weighting with three tasks).
     """
 
-    method: str = "uncertainty"
+    method: str = "aligned_mtl"
     weights: dict[str, float] = field(default_factory=dict)
     task_types: dict[str, str] = field(default_factory=dict)
     init_log_var: float = 0.0
