@@ -7,7 +7,7 @@ import torch
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from perception.ops.boxes import ltrb_to_boxes
-from perception.tasks.detection.decode import (batched_nms_numpy, fcos_postprocess, fcos_postprocess_numpy,
+from perception.tasks.detection.decode import (fcos_postprocess, fcos_postprocess_numpy,
                                                topk_stable_numpy)
 from perception.tasks.detection.head import make_points
 
@@ -99,24 +99,10 @@ def test_torch_decode_under_bfloat16_outputs_equals_the_reference():
 
 
 def _numpy_reference(boxes, scores, num_per_level, thresh, nms, topk, per_img):
-    """The numpy decode with a full stable sort per level and a full NMS."""
-    classes = scores.shape[1]
-    kb, ks, kl, start = [], [], [], 0
-    for n in num_per_level:
-        flat = scores[start:start + n].reshape(-1)
-        keep = np.flatnonzero(flat > thresh)
-        if len(keep) > topk:
-            keep = keep[np.argsort(-flat[keep], kind="stable")[:topk]]
-        ks.append(flat[keep])
-        kb.append(boxes[start:start + n][keep // classes])
-        kl.append(keep % classes)
-        start += n
-    b = np.concatenate(kb).astype(np.float32)
-    b[:, 0::2] = b[:, 0::2].clip(0, IMAGE[1])
-    b[:, 1::2] = b[:, 1::2].clip(0, IMAGE[0])
-    s, lab = np.concatenate(ks).astype(np.float32), np.concatenate(kl).astype(np.int64)
-    keep = batched_nms_numpy(b, s, lab, nms)[:per_img]
-    return b[keep], s[keep], lab[keep]
+    """The numpy decode with a full stable sort per level and a full NMS (the postprocess benchmark's baseline)."""
+    from perception.benchmark.postprocess import detection_numpy_reference
+
+    return detection_numpy_reference(boxes, scores, num_per_level, IMAGE, thresh, topk, nms, per_img)
 
 
 @pytest.mark.parametrize("seed,thresh,topk,per_img,step,silent", CASES)
