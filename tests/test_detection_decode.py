@@ -4,7 +4,6 @@ in the numpy path of ONNX callers."""
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from perception.ops.boxes import ltrb_to_boxes
 from perception.tasks.detection.decode import (fcos_postprocess, fcos_postprocess_numpy,
@@ -34,29 +33,10 @@ def _outputs(seed: int, classes: int = 3, step: float = 0.0, silent_image: int |
 
 
 def _reference(out: dict, thresh: float, nms: float, topk: int, per_img: int) -> list[dict]:
-    """Every location's box decoded first, then threshold, per-level top-k and NMS per image and level."""
-    scores_all = torch.sqrt(out["cls_logits"].float().sigmoid() * out["centerness"].float().sigmoid()[..., None])
-    boxes_all = ltrb_to_boxes(out["points"].unsqueeze(0), out["box_regression"].float())
-    classes = out["cls_logits"].shape[-1]
-    results = []
-    for scores_img, boxes_img in zip(scores_all, boxes_all):
-        kb, ks, kl, start = [], [], [], 0
-        for n in out["num_per_level"]:
-            s, b = scores_img[start:start + n].flatten(), boxes_img[start:start + n]
-            start += n
-            keep = torch.nonzero(s > thresh).squeeze(1)
-            kept = s[keep]
-            if len(keep) > topk:
-                kept, order = kept.topk(topk)
-                keep = keep[order]
-            ks.append(kept)
-            kb.append(b[keep // classes])
-            kl.append(keep % classes)
-        boxes = clip_boxes_to_image(torch.cat(kb), IMAGE)
-        scores, labels = torch.cat(ks), torch.cat(kl)
-        keep = batched_nms(boxes, scores, labels, nms)[:per_img]
-        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-    return results
+    """Every location's box decoded first, then threshold, per-level top-k and NMS (the benchmark's baseline)."""
+    from perception.benchmark.postprocess import detection_reference
+
+    return detection_reference(out, IMAGE, thresh, topk, nms, per_img)
 
 
 CASES = [  # (seed, thresh, topk, detections per image, step, silent image)

@@ -86,8 +86,8 @@ def detection_reference(out: dict, size: tuple[int, int], thresh: float, topk: i
     """The decode this benchmark compares against: every location's box first, then threshold and top-k."""
     from torchvision.ops import batched_nms, clip_boxes_to_image
 
-    scores_all = torch.sqrt(out["cls_logits"].sigmoid() * out["centerness"].sigmoid()[..., None])
-    boxes_all = ltrb_to_boxes(out["points"].unsqueeze(0), out["box_regression"])
+    scores_all = torch.sqrt(out["cls_logits"].float().sigmoid() * out["centerness"].float().sigmoid()[..., None])
+    boxes_all = ltrb_to_boxes(out["points"].unsqueeze(0), out["box_regression"].float())
     classes = out["cls_logits"].shape[-1]
     results = []
     for scores_img, boxes_img in zip(scores_all, boxes_all):

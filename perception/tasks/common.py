@@ -37,3 +37,13 @@ def dense_batch(values: Sequence[Any | None], height: int, width: int, fill: flo
         h, w = value.shape[:2]
         out[i, :h, :w] = value.to(dtype)
     return out
+
+
+# model.scale -> the dense branch of every dense task type (segmentation, depth, normals; docs/scales.md):
+# stride 8 at the small scales, depthwise-separable units.
+DENSE_SCALES = {
+    "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
+    "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
+    "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
+    "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
+}

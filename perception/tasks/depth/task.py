@@ -14,7 +14,7 @@ from perception.tasks.base import Task, dense_pyramid_strides
 from perception.tasks.depth.config import DepthConfig
 from perception.tasks.depth.head import DepthHead
 from perception.tasks.depth.metric import DepthMetric
-from perception.tasks.common import dense_batch
+from perception.tasks.common import DENSE_SCALES, dense_batch
 
 
 def image_sizes(meta: Sequence[dict]) -> list[tuple[int, int]] | None:
@@ -43,12 +43,7 @@ class DepthTask(Task):
     FIELDS = ("depth",)
 
     # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
-    SCALES = {
-        "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
-        "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
-        "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
-        "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
-    }
+    SCALES = DENSE_SCALES
 
     # -------------------------------------------------------------------------------------------------- data
     @classmethod

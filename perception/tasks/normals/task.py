@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original_numpy
 from perception.tasks.base import Task, dense_pyramid_strides
-from perception.tasks.common import dense_batch
+from perception.tasks.common import DENSE_SCALES, dense_batch
 from perception.tasks.normals.config import NormalsConfig
 from perception.tasks.normals.head import NormalsHead, unit
 from perception.tasks.normals.metric import METRICS, NormalsMetric
@@ -35,12 +35,7 @@ class NormalsTask(Task):
     FIELDS = ("normals",)
 
     # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
-    SCALES = {
-        "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
-        "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
-        "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
-        "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
-    }
+    SCALES = DENSE_SCALES
 
     # -------------------------------------------------------------------------------------------------- data
     @classmethod

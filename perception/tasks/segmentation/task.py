@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from perception.ops.draw import class_palette, overlay_segmentation
 from perception.ops.geometry import Letterbox, argmax_to_original, argmax_to_original_numpy, crop_resize_nearest
 from perception.tasks.base import Task, dense_pyramid_strides
-from perception.tasks.common import IGNORE_INDEX, dense_batch
+from perception.tasks.common import DENSE_SCALES, IGNORE_INDEX, dense_batch
 from perception.tasks.segmentation.config import SegmentationConfig
 from perception.tasks.segmentation.head import SegmentationHead
 from perception.tasks.segmentation.metric import SegmentationMetric
@@ -33,12 +33,7 @@ class SegmentationTask(Task):
     FIELDS = ("semantic", "semantic_names")
 
     # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
-    SCALES = {
-        "n": {"channels": 32, "stride": 8, "conv": "dwsep"},
-        "s": {"channels": 64, "stride": 8, "conv": "dwsep"},
-        "m": {"channels": 64, "stride": 4, "conv": "dwsep"},
-        "l": {"channels": 96, "stride": 4, "conv": "dwsep"},
-    }
+    SCALES = DENSE_SCALES
 
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
