@@ -11,7 +11,8 @@ from _inference_utils import scene_image, tiny_config, tiny_model
 from perception.data.synthetic import generate_scene
 from perception.inference.predictor import Predictor
 from perception.ops.geometry import (argmax_to_original, argmax_to_original_numpy, dense_to_original,
-                                     dense_to_original_numpy, fit_letterbox)
+                                     dense_to_original_numpy, fit_letterbox, ids_to_original, ids_to_original_numpy)
+from perception.tasks import build_tasks
 
 BOXES = [((120, 160), (128, 160)), ((94, 72), (64, 96)), ((75, 100), (64, 128)), ((30, 50), (64, 96))]
 
@@ -61,6 +62,46 @@ def test_torch_and_numpy_ids_are_identical(size, network):
     np.testing.assert_array_equal(ids.numpy(), argmax_to_original_numpy(logits.numpy(), box))
     reference = dense_to_original(logits[None], box)[0].argmax(0)
     assert (ids == reference).float().mean().item() >= 0.999
+
+
+@pytest.mark.parametrize("size, network", BOXES)
+def test_nearest_ids_take_the_cell_under_each_pixel_centre(size, network):
+    box = fit_letterbox(*size, network)
+    grid = torch.randint(0, 200, (box.padded_height // 4, box.padded_width // 4), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(2))
+    ids = ids_to_original(grid, box)
+    assert ids.shape == size and ids.dtype == torch.uint8
+    np.testing.assert_array_equal(ids_to_original_numpy(grid.numpy(), box), ids.numpy())
+    # Pixel centre (y + 1/2) original px -> (y + 1/2) * resized / height network px -> that // 4 cell, clipped to
+    # the cells holding image pixels (the rest saw only padding).
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * box.resized_height / size[0]) // 4, -(-box.resized_height // 4) - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * box.resized_width / size[1]) // 4, -(-box.resized_width // 4) - 1)
+    np.testing.assert_array_equal(ids.numpy(), grid.numpy()[rows.astype(int)][:, cols.astype(int)])
+
+
+def test_nearest_ids_equal_torch_nearest_exact_without_padding():
+    # A 96x144 photo into 128x192: no padding, 3 original pixels per stride-4 cell (an exact factor).
+    box = fit_letterbox(96, 144, (128, 192))
+    grid = torch.randint(0, 19, (32, 48), generator=torch.Generator().manual_seed(3))
+    reference = F.interpolate(grid[None, None].float(), size=(96, 144), mode="nearest-exact")[0, 0].long()
+    assert torch.equal(ids_to_original(grid, box), reference)
+
+
+def test_segmentation_upsample_option_picks_the_decode_and_rejects_unknown_values():
+    task = build_tasks({"seg": {"type": "segmentation", "num_classes": 5}})["seg"]
+    box = fit_letterbox(75, 100, (64, 128))
+    logits = scene_logits(75, 100, box, classes=5)
+    near = task.predict(None, logits[None], [box])[0]["semantic"]
+    smooth = task.predict(None, logits[None], [box], upsample="bilinear")[0]["semantic"]
+    assert near.dtype == np.uint8 and near.shape == (75, 100)
+    np.testing.assert_array_equal(near, ids_to_original_numpy(logits.argmax(0).numpy().astype(np.uint8), box))
+    np.testing.assert_array_equal(smooth, argmax_to_original(logits, box).numpy())
+    assert (near != smooth).any() and (near == smooth).mean() > 0.9   # they differ at boundaries only
+    outputs = {"logits": logits.numpy()}
+    np.testing.assert_array_equal(task.decode_numpy(outputs, box)["semantic"], near)
+    np.testing.assert_array_equal(task.decode_numpy(outputs, box, upsample="bilinear")["semantic"], smooth)
+    with pytest.raises(ValueError, match="upsample: got 'cubic', expected one of nearest, bilinear"):
+        task.predict(None, logits[None], [box], upsample="cubic")
 
 
 def test_predictor_resizes_only_single_channel_maps_to_the_photo(monkeypatch):

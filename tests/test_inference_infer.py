@@ -181,3 +181,24 @@ def test_named_tasks_from_the_command_line(tmp_path):
     assert cv2.imread(str(out / "vis" / "a.jpg")).shape[:2] == (70, 200)
     assert infer_tool.main(["--checkpoint", str(checkpoint), "--source", str(folder), "--out", str(out),
                             "--tasks", "segmentation", "--quiet"]) == 2          # a type is not a task name here
+
+
+def test_upsample_option_from_the_command_line(checkpoint, tmp_path, capsys):
+    """--upsample bilinear gives the raw class ids of the bilinear decode; on tasks without the option, exit 2."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = scene_image(1, 90, 130)
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    for mode in ("nearest", "bilinear"):
+        assert infer_tool.main(["--checkpoint", str(checkpoint), "--source", str(folder), "--out",
+                                str(tmp_path / mode), "--raw", "--no-vis", "--quiet", "--upsample", mode]) == 0
+        raw = cv2.imread(str(tmp_path / mode / "raw" / "segmentation" / "a.png"), cv2.IMREAD_UNCHANGED)
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", options={"segmentation": {"upsample": mode}})
+        np.testing.assert_array_equal(raw, predictor(image).semantic)
+    near, smooth = (cv2.imread(str(tmp_path / m / "raw" / "segmentation" / "a.png"), cv2.IMREAD_UNCHANGED)
+                    for m in ("nearest", "bilinear"))
+    assert (near != smooth).any()        # the option reached the decode
+    capsys.readouterr()
+    assert infer_tool.main(["--checkpoint", str(checkpoint), "--source", str(folder), "--out", str(tmp_path / "x"),
+                            "--tasks", "detection", "--upsample", "bilinear", "--quiet"]) == 2
+    assert "option 'upsample': no running task takes it" in capsys.readouterr().err

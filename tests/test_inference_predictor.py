@@ -40,19 +40,28 @@ def test_predictions_map_back_to_the_original_size(size, rect):
     # The box found in the network input, scaled back, is the rectangle within one network pixel.
     tol = max(w / fit_letterbox(h, w, (64, 96)).resized_width, 1.0) + 0.5
     np.testing.assert_allclose(pred.boxes[0], rect, atol=tol)
-    # The class map is the rectangle: IoU close to 1 (the boundary is blurred by the stride-4 map only).
+    # The class map is the rectangle. By default (nearest ids from the stride-4 grid) every pixel farther than
+    # one cell from the rectangle's edge has its class; the boundary moves by at most that much.
     truth = np.zeros((h, w), bool)
     truth[rect[1]:rect[3], rect[0]:rect[2]] = True
-    iou = (truth & (pred.semantic == 1)).sum() / (truth | (pred.semantic == 1)).sum()
+    box = fit_letterbox(h, w, (64, 96))
+    cell_y, cell_x = 4 * h / box.resized_height, 4 * w / box.resized_width
+    ys, xs = np.arange(h)[:, None] + 0.5, np.arange(w)[None, :] + 0.5
+    inside = (ys > rect[1] + cell_y) & (ys < rect[3] - cell_y) & (xs > rect[0] + cell_x) & (xs < rect[2] - cell_x)
+    outside = (ys < rect[1] - cell_y) | (ys > rect[3] + cell_y) | (xs < rect[0] - cell_x) | (xs > rect[2] + cell_x)
+    assert inside.any() and (pred.semantic[inside] == 1).all() and (pred.semantic[outside] == 0).all()
+    # The bilinear option blends the logits at every pixel: IoU close to 1 (blurred by the stride-4 map only).
+    smooth = Predictor(EchoModel(), (64, 96), device="cpu", options={"segmentation": {"upsample": "bilinear"}})
+    semantic = smooth(image).semantic
+    iou = (truth & (semantic == 1)).sum() / (truth | (semantic == 1)).sum()
     assert iou > 0.85
     # ... and it is not shifted: the centroids agree within one network pixel.
-    ys, xs = np.nonzero(pred.semantic == 1)
+    ys, xs = np.nonzero(semantic == 1)
     ty, tx = np.nonzero(truth)
     assert abs(ys.mean() - ty.mean()) < tol and abs(xs.mean() - tx.mean()) < tol
     # Depth is the green ramp / 10 away from the rectangle, up to the image's last row and column, wherever the
     # stride-4 cell is whole (a cell cut by the resized image's edge also sees padding inside the network):
     # no shift, and no zeros of the padding pulled in by the resize back.
-    box = fit_letterbox(h, w, (64, 96))
     whole_y = (np.arange(h) + 0.5) * box.resized_height / h < 4 * (box.resized_height // 4) - 2
     whole_x = (np.arange(w) + 0.5) * box.resized_width / w < 4 * (box.resized_width // 4) - 2
     far = whole_y[:, None] & whole_x[None, :]

@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1, help="frames per network call")
     parser.add_argument("--score-thresh", type=float, default=None,
                         help="score threshold of every task that has one (detection)")
+    parser.add_argument("--upsample", choices=("nearest", "bilinear"), default=None,
+                        help="how class ids reach the image's pixels (segmentation): nearest from the head's grid "
+                             "(the default, fastest) or the arg-max of bilinearly resized logits (smoother)")
     parser.add_argument("--layout", choices=LAYOUTS, default="side", help="how the panels are arranged")
     parser.add_argument("--raw", action="store_true",
                         help="also write each task's raw map as PNG (class ids, 16-bit depth in mm)")
@@ -68,6 +71,8 @@ def _main(argv=None) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks,
                                               half=args.half, image_size=args.image_size,
                                               prefer_ema=not args.no_ema, score_thresh=args.score_thresh)
+    if args.upsample is not None:
+        predictor.set_option("upsample", args.upsample)
     summary = run_inference(predictor, source, args.out, layout=args.layout, raw=args.raw,
                             batch_size=args.batch_size, visualize=not args.no_vis,
                             value_range=tuple(args.value_range) if args.value_range else None,

@@ -123,6 +123,17 @@ class Predictor:
             out[name].update(values)
         return out
 
+    def set_option(self, key: str, value: Any) -> list[str]:
+        """Set one post-processing option on every running task that takes it (``key`` in its ``OPTIONS``), e.g.
+        ``set_option("upsample", "bilinear")``; returns the names of those tasks (none is an error)."""
+        names = [name for name, task in self.tasks.items() if key in task.OPTIONS]
+        if not names:
+            takes = sorted({o for task in self.tasks.values() for o in task.OPTIONS})
+            raise ValueError(f"option {key!r}: no running task takes it; they take {', '.join(takes) or 'none'}")
+        for name in names:
+            self.options[name][key] = value
+        return names
+
     @property
     def task_names(self) -> list[str]:
         """The names of the tasks that run, in the network's order."""

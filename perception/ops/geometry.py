@@ -12,10 +12,13 @@ Predictions map back by dropping the padding and resizing to the original ``(h, 
 
 - class ids (segmentation) are the arg-max of those resized logits, computed without them
   (``argmax_to_original``): the arg-max on the head's grid, gathered to the original pixels by the same map, and
-  the K logits blended only at the pixels whose four neighbouring cells disagree.
+  the K logits blended only at the pixels whose four neighbouring cells disagree; or, cheaper, the arg-max on
+  the head's grid resized to the original pixels by nearest neighbour (``ids_to_original``: each pixel takes the
+  cell its centre falls in, by the same coordinate map).
 
 ``dense_to_original`` (PyTorch) and ``dense_to_original_numpy`` (the numpy reference for ONNX callers) compute
-the same thing, as do ``argmax_to_original`` and ``argmax_to_original_numpy``.
+the same thing, as do ``argmax_to_original`` and ``argmax_to_original_numpy``, and ``ids_to_original`` and
+``ids_to_original_numpy``.
 """
 from __future__ import annotations
 
@@ -205,6 +208,16 @@ def dense_to_original_numpy(x: np.ndarray, letterbox: Letterbox) -> np.ndarray:
     scale_y, scale_x = _dense_scales(letterbox, x.shape[-2:])
     rows, cols = _valid_cells(letterbox, x.shape[-2:])
     x = x[:, :rows, :cols]
+    # OpenCV's bilinear resize has the same convention (pixel centres, edge clamped) and float weights; given the
+    # scales (no output size) it maps through exactly them, covering at least the original size. Like
+    # F.interpolate it copies when the output size equals the input's (whatever the scales): those go the numpy way.
+    copied = (round(rows * scale_y), round(cols * scale_x)) == (rows, cols) and (scale_y, scale_x) != (1.0, 1.0)
+    if x.shape[0] <= 4 and not copied:
+        out = cv2.resize(np.ascontiguousarray(x.transpose(1, 2, 0), dtype=np.float32), None, fx=scale_x,
+                         fy=scale_y, interpolation=cv2.INTER_LINEAR)
+        out = out.reshape(*out.shape[:2], -1)
+        if out.shape[0] >= letterbox.height and out.shape[1] >= letterbox.width:
+            return np.ascontiguousarray(out[:letterbox.height, :letterbox.width].transpose(2, 0, 1))
     y0, y1, wy = _linear_taps(letterbox.height, x.shape[-2], scale_y)
     x0, x1, wx = _linear_taps(letterbox.width, x.shape[-1], scale_x)
     x = x.astype(np.float32, copy=False)
@@ -295,6 +308,36 @@ def argmax_to_original_numpy(logits: np.ndarray, letterbox: Letterbox, max_gathe
         bottom = logits[:, gy1, gx0] * (1 - wx1) + logits[:, gy1, gx1] * wx1
         out[py, px] = (top * (1 - wy1) + bottom * wy1).argmax(0)
     return out
+
+
+def _nearest_taps(letterbox: Letterbox, grid_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the valid cell that holds each original pixel's centre (the coordinate map of
+    :func:`dense_to_original`, rounded down instead of blended; PyTorch's ``nearest-exact``)."""
+    scales = _dense_scales(letterbox, grid_size)
+    cells = _valid_cells(letterbox, grid_size)
+    return tuple(np.minimum(np.floor((np.arange(size, dtype=np.float64) + 0.5) / scale).astype(np.int64), n - 1)
+                 for size, scale, n in zip((letterbox.height, letterbox.width), scales, cells))
+
+
+def ids_to_original(ids: Tensor, letterbox: Letterbox) -> Tensor:
+    """Class ids on the head's grid -> the original pixels by nearest neighbour: two index gathers, no float map.
+
+    Args:
+        ids (Tensor[h, w]): one image's ids (any integer dtype; e.g. the arg-max of its logits) on a regular
+            grid over the padded input.
+        letterbox: the image's letterbox.
+
+    Returns:
+        Tensor[height, width] of ``ids``' dtype.
+    """
+    rows, cols = (torch.from_numpy(t).to(ids.device) for t in _nearest_taps(letterbox, tuple(ids.shape[-2:])))
+    return ids.index_select(0, rows).index_select(1, cols)
+
+
+def ids_to_original_numpy(ids: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+    """Numpy twin of :func:`ids_to_original`: ndarray[h, w] -> ndarray[height, width] of the same dtype."""
+    rows, cols = _nearest_taps(letterbox, tuple(ids.shape[-2:]))
+    return np.take(np.take(ids, rows, axis=0), cols, axis=1)
 
 
 # ---------------------------------------------------------------------------------------- evaluation geometry

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from perception.ops.draw import class_palette, overlay_segmentation
-from perception.ops.geometry import Letterbox, argmax_to_original, argmax_to_original_numpy, crop_resize_nearest
+from perception.ops.geometry import (Letterbox, argmax_to_original, argmax_to_original_numpy, crop_resize_nearest,
+                                     ids_to_original, ids_to_original_numpy)
 from perception.tasks.base import Task, dense_pyramid_strides
 from perception.tasks.common import DENSE_SCALES, IGNORE_INDEX, dense_batch
 from perception.tasks.segmentation.config import SegmentationConfig
@@ -21,6 +22,12 @@ class SegmentationTask(Task):
 
     Result (numpy, original image): ``semantic`` ndarray[H, W] class ids (uint8; int32 above 256 classes) and
     ``semantic_names``, the name of every class id.
+
+    Option ``upsample`` (``predict`` and ``decode_numpy``): how the ids reach the original pixels.
+    ``nearest`` (default): the arg-max on the head's grid, each pixel taking the cell its centre falls in
+    (``ids_to_original``; well under a millisecond of numpy for a 1080x810 photo). ``bilinear``: the arg-max of
+    the logits bilinearly resized to every original pixel, smoother boundaries (``argmax_to_original``, exact
+    without the full-size logits, but tens of milliseconds on a CPU). docs/inference.md has both measured.
     """
 
     TYPE = "segmentation"
@@ -31,6 +38,8 @@ class SegmentationTask(Task):
     LOSS_KIND = "classification"
     PER_CLASS = "iou"
     FIELDS = ("semantic", "semantic_names")
+    OPTIONS = ("upsample",)
+    UPSAMPLE = ("nearest", "bilinear")
 
     # model.scale -> this type's branch (docs/scales.md): stride 8 at the small scales, depthwise-separable.
     SCALES = DENSE_SCALES
@@ -71,11 +80,22 @@ class SegmentationTask(Task):
         return SegmentationMetric(self.cfg.num_classes, self.cfg.class_names, self.cfg.ignore_index, device)
 
     # ------------------------------------------------------------------------------- inference and pictures
-    def predict(self, head: nn.Module, output: Tensor, letterboxes: Sequence[Letterbox], **options: Any
-                ) -> list[dict[str, Any]]:
-        """Class ids at each original image's size: the arg-max of the logits bilinearly resized there (the base
-        class's coordinate map), computed without the full-size K-channel logits (``argmax_to_original``)."""
-        return [self.to_numpy(argmax_to_original(output[i], box)) for i, box in enumerate(letterboxes)]
+    @classmethod
+    def _upsample(cls, upsample: str) -> str:
+        if upsample not in cls.UPSAMPLE:
+            raise ValueError(f"segmentation option upsample: got {upsample!r}, expected one of "
+                             f"{', '.join(cls.UPSAMPLE)}")
+        return upsample
+
+    def predict(self, head: nn.Module, output: Tensor, letterboxes: Sequence[Letterbox], upsample: str = "nearest",
+                **options: Any) -> list[dict[str, Any]]:
+        """Class ids at each original image's size, by the base class's coordinate map: the grid's arg-max by
+        nearest neighbour (``upsample="nearest"``), or the arg-max of the logits bilinearly resized there
+        (``"bilinear"``), computed without the full-size K-channel logits (``argmax_to_original``)."""
+        if self._upsample(upsample) == "bilinear":
+            return [self.to_numpy(argmax_to_original(output[i], box)) for i, box in enumerate(letterboxes)]
+        ids = output.float().argmax(1).to(torch.uint8 if self.cfg.num_classes <= 256 else torch.int32)
+        return [self.to_numpy(ids_to_original(ids[i], box)) for i, box in enumerate(letterboxes)]
 
     def _id_dtype(self) -> type:
         return np.uint8 if self.cfg.num_classes <= 256 else np.int32
@@ -89,7 +109,11 @@ class SegmentationTask(Task):
 
     def decode_numpy(self, outputs: Mapping[str, np.ndarray], letterbox: Letterbox, **options: Any
                      ) -> dict[str, Any]:
-        ids = argmax_to_original_numpy(outputs["logits"], letterbox)
+        logits = outputs["logits"]
+        if self._upsample(options.get("upsample", "nearest")) == "bilinear":
+            ids = argmax_to_original_numpy(logits, letterbox)
+        else:
+            ids = ids_to_original_numpy(logits.argmax(0).astype(self._id_dtype()), letterbox)
         return {"semantic": ids.astype(self._id_dtype()), "semantic_names": list(self.class_names)}
 
     def draw(self, image: np.ndarray, result: Mapping[str, Any], palette: np.ndarray | None = None,
