@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _inference_utils import scene_image, tiny_config, tiny_model
+from _inference_utils import scene_image, tiny_config, tiny_model, write_checkpoint
 from perception.data.synthetic import generate_scene
 from perception.inference.predictor import Predictor
 from perception.ops.geometry import (argmax_to_original, argmax_to_original_numpy, dense_to_original,
@@ -151,11 +151,34 @@ def test_postprocess_benchmark_runs_and_agrees(capsys):
     parser = argparse.ArgumentParser()
     postprocess.add_arguments(parser)
     result = postprocess.run(parser.parse_args(["--photo", "45x61", "--network", "64x96", "--repeats", "1"]))
-    assert len(result["rows"]) == 8 and all(row["agreement"] >= 0.99 for row in result["rows"])
+    exact = [row for row in result["rows"] if row["output"] != "class ids, nearest"]
+    assert len(result["rows"]) == 10 and all(row["agreement"] >= 0.99 for row in exact)
+    # Nearest ids differ from the bilinear reference only near class boundaries.
+    assert all(0.8 < row["agreement"] < 1.0 for row in result["rows"] if row["output"] == "class ids, nearest")
     # The detection rows: the kept-candidates decode gives exactly the every-location decode's detections.
     boxes = [row for row in result["rows"] if row["output"].startswith("boxes")]
     assert len(boxes) == 4 and all(row["agreement"] == 1.0 for row in boxes)
     assert "ratio" in capsys.readouterr().out
+
+
+def test_decode_accuracy_scores_both_decodes_against_the_truth(tmp_path, capsys):
+    from perception.benchmark import postprocess
+
+    truth, pred = np.array([0, 0, 1, 255]), np.array([0, 1, 1, 0])
+    confusion = postprocess._confusion(truth, pred, 2, 255)
+    np.testing.assert_array_equal(confusion, [[1, 1], [0, 1]])
+    assert postprocess._scores(confusion) == (0.5, 2 / 3)     # IoU 1/2 for both classes; 2 of 3 labelled pixels
+    with pytest.raises(ValueError, match="class id 3 in the truth, the model has 2 classes"):
+        postprocess._confusion(np.array([3]), np.array([0]), 2, 255)
+    cfg = tiny_config({"segmentation": {"type": "segmentation", "num_classes": 19, "channels": 16}})
+    paths = [write_checkpoint(tmp_path / f"s{seed}.pt", cfg, tiny_model(cfg, seed=seed)) for seed in (0, 1)]
+    result = postprocess.decode_accuracy(paths, (45, 61), None, scenes=2)
+    assert len(result["per_checkpoint"]) == 2
+    for row in result["per_checkpoint"]:
+        assert 0 <= row["nearest_mIoU"] <= 1 and 0 <= row["bilinear_pixel_acc"] <= 1 and 0 < row["agreement"] <= 1
+    diff = [r["nearest_mIoU"] - r["bilinear_mIoU"] for r in result["per_checkpoint"]]
+    assert result["summary"]["mIoU_difference"]["mean"] == pytest.approx(np.mean(diff))
+    assert "mean +- std over the checkpoints" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("size, network", [((810, 1080), (160, 160)), ((75, 100), (64, 128))])

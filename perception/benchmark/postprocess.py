@@ -4,7 +4,9 @@ reference it replaces, in one run (PyTorch and the numpy path of ONNX callers).
     python tools/benchmark.py postprocess --photo 480x640 --network 480x640 --classes 19
 
 - segmentation, reference: the K logits resized to the photo (``dense_to_original``), arg-max there;
-  ours: ``argmax_to_original`` (arg-max on the head's grid, K logits blended only at class boundaries);
+  ours, ``bilinear``: ``argmax_to_original`` (arg-max on the head's grid, K logits blended only at class
+  boundaries); ours, ``nearest`` (the Predictor's default): the grid's arg-max resized by nearest neighbour
+  (``ids_to_original``);
 - depth, reference: the raw map resized, then log-depth, exp and clamp at full size; ours: clamped on the grid in
   log space, resized once, exponentiated in place.
 
@@ -13,6 +15,14 @@ reference it replaces, in one run (PyTorch and the numpy path of ONNX callers).
   only, NMS stopped at ``detections_per_img``. Two regimes of generated head outputs: ``random`` (an untrained
   head, every score just above ``--score-thresh`` 0.05, so the top-k and NMS are full) and ``peaked`` (a few
   hundred locations above the 0.3 threshold, like a trained one).
+
+With ``--checkpoint`` (repeatable: one per seed), the two class-id decodes are also scored against the truth:
+``--scenes`` validation scenes of the synthetic benchmark drawn at ``--photo`` size go through the Predictor of
+each checkpoint (at its trained network size unless ``--network`` is given) with ``upsample`` nearest and
+bilinear, and the mIoU and pixel accuracy of each at the photo's own pixels are reported per checkpoint and as
+mean +- std over the checkpoints, with the share of pixels where the two decodes agree:
+
+    python tools/benchmark.py postprocess --photo 320x640 --checkpoint runs/n0/last.pt --checkpoint runs/n1/last.pt
 
 The logits are those of a generated street scene (soft one-hot of its classes per stride-4 cell, plus noise), so
 the share of boundary pixels is a real picture's; ``agreement`` is the share of pixels where ours equals the
@@ -31,17 +41,22 @@ from perception.benchmark.common import machine_info, print_table, time_fn, writ
 from perception.benchmark.predictor import parse_size
 from perception.ops.boxes import ltrb_to_boxes
 from perception.ops.geometry import (argmax_to_original, argmax_to_original_numpy, dense_to_original,
-                                     dense_to_original_numpy, fit_letterbox)
+                                     dense_to_original_numpy, fit_letterbox, ids_to_original, ids_to_original_numpy)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photo", default="480x640", help="photo size HxW")
-    parser.add_argument("--network", default="480x640", help="network size HxW")
+    parser.add_argument("--network", default="",
+                        help="network size HxW (default: 480x640 for the timings, a checkpoint's own size for "
+                             "the accuracy)")
     parser.add_argument("--classes", type=int, default=19)
     parser.add_argument("--det-classes", type=int, default=8, help="detection classes")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="score both class-id decodes of this trained model against the truth (repeatable)")
+    parser.add_argument("--scenes", type=int, default=32, help="validation scenes scored per checkpoint")
 
 
 def scene_logits(photo: tuple[int, int], box, classes: int) -> torch.Tensor:
@@ -174,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    photo, network = parse_size(args.photo), parse_size(args.network)
+    photo, network = parse_size(args.photo), parse_size(args.network or "480x640")
     box = fit_letterbox(*photo, network)
     logits = scene_logits(photo, box, args.classes)
     logits_np = logits.numpy()
@@ -200,6 +215,10 @@ def run(args: argparse.Namespace) -> dict:
          lambda: argmax_to_original(logits, box)),
         ("class ids", "numpy", lambda: dense_to_original_numpy(logits_np, box).argmax(0),
          lambda: argmax_to_original_numpy(logits_np, box)),
+        ("class ids, nearest", "torch", lambda: dense_to_original(logits[None], box)[0].argmax(0),
+         lambda: ids_to_original(logits.argmax(0).to(torch.uint8), box)),
+        ("class ids, nearest", "numpy", lambda: dense_to_original_numpy(logits_np, box).argmax(0),
+         lambda: ids_to_original_numpy(logits_np.argmax(0).astype(np.uint8), box)),
         ("metres", "torch", depth_reference, depth_ours),
         ("metres", "numpy", depth_numpy_reference, depth_numpy_ours),
     ]
@@ -209,7 +228,7 @@ def run(args: argparse.Namespace) -> dict:
             return float((a == b).mean()) if ids else float(np.isclose(a, b, rtol=1e-4).mean())
         return agreement
 
-    cases = [(*case, dense_agreement(case[2], case[3], case[0] == "class ids")) for case in cases]
+    cases = [(*case, dense_agreement(case[2], case[3], case[0].startswith("class ids"))) for case in cases]
     cases += detection_cases(box.padded_size, args.det_classes)
     rows = []
     for output, backend, reference, ours, agreement in cases:
@@ -221,11 +240,76 @@ def run(args: argparse.Namespace) -> dict:
         rows.append({"output": output, "backend": backend, "reference_ms": float(np.median(ref_ms)),
                      "ours_ms": float(np.median(our_ms)), "ratio": float(np.median(our_ms) / np.median(ref_ms)),
                      "agreement": agreement()})
-    print(f"post-processing, photo {args.photo}, network {args.network}, {args.classes} classes, "
+    print(f"post-processing, photo {args.photo}, network {network[0]}x{network[1]}, {args.classes} classes, "
           f"{args.det_classes} detection classes, ms (median of 3 x {args.repeats}); ratio = ours / reference; "
           "agreement: share of equal pixels (boxes: 1 = identical detections)")
     print_table(rows, ["output", "backend", "reference_ms", "ours_ms", "ratio", "agreement"])
     result = {"benchmark": "postprocess", "machine": machine_info(device),
               "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}
+    if args.checkpoint:
+        result["accuracy"] = decode_accuracy(args.checkpoint, photo, args.network or None, args.scenes)
     write_json(result, args.json)
     return result
+
+
+def _confusion(truth: np.ndarray, pred: np.ndarray, classes: int, ignore: int) -> np.ndarray:
+    keep = truth != ignore
+    if keep.any() and truth[keep].max() >= classes:
+        raise ValueError(f"class id {truth[keep].max()} in the truth, the model has {classes} classes: a checkpoint "
+                         "of the synthetic benchmark's 19 classes is needed")
+    return np.bincount(truth[keep].astype(np.int64) * classes + pred[keep].astype(np.int64),
+                       minlength=classes * classes).reshape(classes, classes)
+
+
+def _scores(confusion: np.ndarray) -> tuple[float, float]:
+    """mIoU over the classes present in truth or prediction, and pixel accuracy."""
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return float((tp[union > 0] / union[union > 0]).mean()), float(tp.sum() / max(confusion.sum(), 1))
+
+
+def decode_accuracy(checkpoints, photo: tuple[int, int], network: str | None, scenes: int) -> dict:
+    """mIoU and pixel accuracy against the truth of the nearest and bilinear class-id decodes, per checkpoint."""
+    from perception.data.synthetic import generate_scene
+    from perception.inference.predictor import Predictor
+
+    modes = ("nearest", "bilinear")
+    per_checkpoint = []
+    for path in checkpoints:
+        predictors = {mode: Predictor.from_checkpoint(path, device="cpu",
+                                                      image_size=parse_size(network) if network else None)
+                      for mode in modes}
+        for mode, predictor in predictors.items():
+            predictor.set_option("upsample", mode)
+        names = [n for n, t in predictors["nearest"].tasks.items() if t.TYPE == "segmentation"]
+        if not names:
+            raise ValueError(f"{path}: no segmentation task to score")
+        task = predictors["nearest"].tasks[names[0]]
+        classes, ignore = task.cfg.num_classes, task.cfg.ignore_index
+        confusion = {mode: np.zeros((classes, classes), np.int64) for mode in modes}
+        same = total = 0
+        for index in range(scenes):
+            scene = generate_scene(index, split="val", height=photo[0], width=photo[1])
+            ids = {mode: predictors[mode](scene["image"])[names[0]]["semantic"] for mode in modes}
+            for mode in modes:
+                confusion[mode] += _confusion(scene["semantic"], ids[mode], classes, ignore)
+            same += int((ids["nearest"] == ids["bilinear"]).sum())
+            total += ids["nearest"].size
+        row = {"checkpoint": str(path), "agreement": same / total}
+        for mode in modes:
+            row[f"{mode}_mIoU"], row[f"{mode}_pixel_acc"] = _scores(confusion[mode])
+        per_checkpoint.append(row)
+    print(f"\nclass ids against the truth: {scenes} synthetic validation scenes at {photo[0]}x{photo[1]}, "
+          f"task {names[0]!r}")
+    print_table(per_checkpoint, ["checkpoint", "nearest_mIoU", "bilinear_mIoU", "nearest_pixel_acc",
+                                 "bilinear_pixel_acc", "agreement"])
+    summary = {}
+    for key in ("nearest_mIoU", "bilinear_mIoU", "nearest_pixel_acc", "bilinear_pixel_acc", "agreement"):
+        values = np.array([row[key] for row in per_checkpoint])
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    diff = np.array([row["nearest_mIoU"] - row["bilinear_mIoU"] for row in per_checkpoint])
+    summary["mIoU_difference"] = {"mean": float(diff.mean()),
+                                  "std": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0}
+    print("mean +- std over the checkpoints: " + "; ".join(
+        f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items()))
+    return {"scenes": scenes, "photo": list(photo), "per_checkpoint": per_checkpoint, "summary": summary}
