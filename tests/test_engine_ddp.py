@@ -89,3 +89,53 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
         for name, grad in single.items():
             for r in range(2):
                 torch.testing.assert_close(ranks[r][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# The methods that combine per-task gradients (``manual_grad_sync``): each rank combines its own per-task gradients
+# from its half of the batch, then the trainer averages the combined gradients once (docs/mtl.md).
+GRADIENT_METHODS = ("nash_mtl", "upgrad", "db_mtl", "aligned_mtl")
+
+
+def _combined_grads(rank: int, world: int, method: str, indices) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY_MODEL, "model.tasks=[segmentation, depth]", "model.backbone.frozen_bn=true",
+                             f"weighting.method={method}"])
+    model = build_model(cfg.model)
+    weighting = build_weighting(cfg.weighting, model.tasks)
+    assert weighting.manual_grad_sync
+    forward = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = build_optimizer(param_groups(model, weighting, 0.0), cfg.train)
+    step = TrainStep(forward, model, weighting, optimizer, build_lr_scheduler(optimizer, cfg.train),
+                     make_grad_scaler("none", torch.device("cpu")), TaskScheduler(model.tasks),
+                     torch.device("cpu"), distributed=world > 1)
+    with step._sync_context(0, 1):
+        step.forward_backward(_batch(indices), model.tasks)
+    step.sync_gradients()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _gradient_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for method in GRADIENT_METHODS:
+            grads = _combined_grads(rank, world, method, [2 * rank, 2 * rank + 1])
+            torch.save(grads, os.path.join(out_dir, f"{method}_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradient_methods_average_each_ranks_combination(tmp_path):
+    mp.start_processes(_gradient_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    for method in GRADIENT_METHODS:
+        halves = [_combined_grads(0, 1, method, [2 * r, 2 * r + 1]) for r in range(2)]
+        ranks = [torch.load(tmp_path / f"{method}_rank{r}.pt", weights_only=True) for r in range(2)]
+        assert set(ranks[0]) == set(ranks[1]) == set(halves[0])
+        shared = "backbone.body.conv1.weight" if "backbone.body.conv1.weight" in halves[0] else next(iter(halves[0]))
+        # The halves' combinations differ, so the equality below is the averaging, not a coincidence.
+        assert not torch.allclose(halves[0][shared], halves[1][shared]), method
+        for name in halves[0]:
+            expected = (halves[0][name] + halves[1][name]) / 2
+            for r in range(2):
+                torch.testing.assert_close(ranks[r][name], expected, rtol=1e-4, atol=1e-6, msg=f"{method} {name}")

@@ -173,7 +173,7 @@ def test_db_mtl_trains_a_shared_network():
         assert all(final[t] < bound * start[t] for t in TASKS), (beta, final, start)
 
 
-@pytest.mark.parametrize("method", ["upgrad", "db_mtl"])
+@pytest.mark.parametrize("method", ["upgrad", "db_mtl", "nash_mtl", "famo"])
 def test_the_training_step_runs_under_bf16_autocast(method):
     from _mtl_utils import tiny_model
     from perception.data.batch import collate
