@@ -283,3 +283,47 @@ def test_a_worker_process_trains_the_missing_run_and_the_table_follows(tmp_path)
     table = (out / "comparison.md").read_text()
     assert "| method_equal |" in table and "Missing" not in table
     assert "image 32x64, 2 steps" in table
+
+
+def test_groups_are_rows_over_their_tasks_and_the_groupings_are_scored_per_seed(capsys, tmp_path):
+    tasks = {"det": {"type": "detection"}, "seg": {"type": "segmentation"}, "dep": {"type": "depth"}}
+    args = compare.parse_args(["--methods", "equal", "--sharing", "--groups", "dep+seg", "--seeds", "0", "1"])
+    plan = compare.run_plan(args, tasks)
+    group = plan[-1]
+    assert group["name"] == "group_seg+dep" and group["kind"] == "group"        # the config's order
+    assert group["tasks"] == {"seg": {"type": "segmentation"}, "dep": {"type": "depth"}}
+    assert group["overrides"] == ["weighting.method=equal"]
+    for bad in ("seg", "seg+seg", "seg+nope", "det+seg+dep"):
+        with pytest.raises(ValueError, match="--groups: .* is not two or more"):
+            compare.run_plan(compare.parse_args(["--groups", bad]), tasks)
+    # Baselines average to det 0.1, seg 0.5, dep (abs_rel, lower is better) 0.2.
+    metrics = {**{("single_det", s): {"det/mAP50": 0.1} for s in (0, 1)},
+               ("single_seg", 0): {"seg/mIoU": 0.45}, ("single_seg", 1): {"seg/mIoU": 0.55},
+               **{("single_dep", s): {"dep/abs_rel": 0.2} for s in (0, 1)},
+               ("method_equal", 0): {"det/mAP50": 0.08, "seg/mIoU": 0.5, "dep/abs_rel": 0.2},
+               ("method_equal", 1): {"det/mAP50": 0.09, "seg/mIoU": 0.5, "dep/abs_rel": 0.2},
+               ("group_seg+dep", 0): {"seg/mIoU": 0.55, "dep/abs_rel": 0.18},
+               ("group_seg+dep", 1): {"seg/mIoU": 0.6, "dep/abs_rel": 0.2}}
+    runs = {key: {"metrics": m, "s_per_step": 0.1, "done": {"wall_s": 1.0}} for key, m in metrics.items()}
+    headline = {"det": "det/mAP50", "seg": "seg/mIoU", "dep": "dep/abs_rel"}
+    signs = {"det/mAP50": 1, "seg/mIoU": 1, "dep/abs_rel": -1}
+    rows = compare.table_rows(plan, runs, headline, signs)
+    by = {r["run"]: r for r in rows}
+    assert [r["run"] for r in rows] == ["single_det", "single_seg", "single_dep", "group_seg+dep", "method_equal"]
+    assert "rank" not in by["group_seg+dep"] and by["method_equal"]["rank"] == 1
+    # The group against the baselines of its own tasks: seg +10 / +20 %, dep +10 / 0 %.
+    assert by["group_seg+dep"]["per_seed"]["delta_m"] == pytest.approx([10.0, 10.0])
+    assert by["group_seg+dep"]["per_seed"]["delta_m/seg"] == pytest.approx([10.0, 20.0])
+    splits = {r["split"]: r for r in compare.grouping_rows(rows, list(headline), "method_equal")}
+    # {det} alone: its seeds' spread around the mean (0, 0); seg and dep from the group.
+    assert splits["{det} + {seg, dep}"]["per_seed"] == pytest.approx([(0 + 10 + 10) / 3, (0 + 20 + 0) / 3])
+    assert splits["{det} + {seg, dep}"]["networks"] == 2
+    assert splits["{det} + {seg, dep}"]["runs"] == ["single_det", "group_seg+dep"]
+    # One network: equal's det -20 / -10 %, seg 0 / 0, dep 0 / 0; three networks: the baselines' spread.
+    assert splits["{det, seg, dep}"]["per_seed"] == pytest.approx([-20 / 3, -10 / 3])
+    assert splits["{det} + {seg} + {dep}"]["per_seed"] == pytest.approx([(0 - 10 + 0) / 3, (0 + 10 + 0) / 3])
+    assert len(splits) == 3                                        # {det, seg} + {dep} etc. have no rows
+    ranked = list(splits)
+    assert ranked[0] == "{det} + {seg, dep}" and ranked[-1] == "{det, seg, dep}"
+    text = compare.format_groupings(list(splits.values()))
+    assert "| {det} + {seg, dep} | 2 | single_det, group_seg+dep | 2 | +6.67 ± 0.00 |" in text

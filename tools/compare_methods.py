@@ -14,6 +14,12 @@ table can be built incrementally and an interrupted comparison continues where i
 two runs at a time, as separate processes (each with ``--threads`` torch threads, default: the CPU count divided
 by the jobs).
 
+``--groups a+b ...`` adds a row per group of tasks (one network trained on those tasks alone, with
+--sharing-method, its delta_m over its own tasks) and a table of the task groupings they make possible: every split of
+the tasks into networks whose every group has a row (a task alone: its single-task baseline; all the tasks:
+method_<--sharing-method>), scored per seed as the mean over the tasks of each one's change in the network that
+serves it. It checks a grouping chosen from the task affinity (tools/task_groups.py) by training it.
+
 Writes <out>/comparison.md (the table), comparison.json (every seed's values), comparison_delta_m.png (delta_m
 per row with its spread) and comparison_weights.png (the logged loss weights per task over the steps of every
 weighting method, first seed). ``--table-only`` trains nothing: it tabulates the finished runs and names the
@@ -83,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sharing", nargs="*", default=None,
                         help="model.sharing modes besides hard (default: every one)")
     parser.add_argument("--sharing-method", default=SHARING_METHOD, help="weighting of the sharing-mode runs")
+    parser.add_argument("--groups", nargs="*", default=[],
+                        help="groups of tasks trained as one network each, e.g. segmentation+depth (task names "
+                             "joined by +; the groupings they make are tabulated)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed and row")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (separate processes)")
     parser.add_argument("--threads", type=int, default=0,
@@ -130,6 +139,15 @@ def run_plan(args: argparse.Namespace, tasks: Mapping[str, dict]) -> list[dict]:
     plan += [{"name": f"sharing_{s}", "kind": "sharing", "method": args.sharing_method, "sharing": s,
               "overrides": [f"weighting.method={args.sharing_method}", f"model.sharing={s}"]}
              for s in args.sharing if s != "hard"]
+    for text in args.groups:
+        group = [t for t in tasks if t in text.split("+")]  # in the config's order
+        unknown = [t for t in text.split("+") if t not in tasks]
+        if unknown or len(group) < 2 or len(group) == len(tasks) or len(set(text.split("+"))) != len(group):
+            raise ValueError(f"--groups: {text!r} is not two or more (but not all) distinct task names of the config "
+                             f"joined by '+'; its tasks: {', '.join(tasks)}")
+        plan.append({"name": "group_" + "+".join(group), "kind": "group", "method": args.sharing_method,
+                     "sharing": "hard", "tasks": {t: dict(tasks[t]) for t in group},
+                     "overrides": [f"weighting.method={args.sharing_method}"]})
     return plan
 
 
@@ -335,7 +353,7 @@ def table_rows(plan: list[dict], runs: Mapping[tuple[str, int], dict], headline:
     tasks = list(headline)
     reference, baseline_seeds = mean_baseline(plan, runs)
     complete = all(baseline_seeds.get(t) for t in tasks)
-    baselines, others = [], []
+    baselines, groups, others = [], [], []
     for entry in plan:
         records = sorted((seed, r) for (name, seed), r in runs.items() if name == entry["name"])
         if not records:
@@ -355,6 +373,12 @@ def table_rows(plan: list[dict], runs: Mapping[tuple[str, int], dict], headline:
             own = {k: s for k, s in signs.items() if k.startswith(entry["task"] + "/")}
             gains = [gain(r["metrics"], reference, own) for _, r in records]
             gain_keys = [f"delta_m/{entry['task']}"]
+        elif entry["kind"] == "group":  # its own tasks only
+            members = list(entry["tasks"])
+            own = {k: s for k, s in signs.items() if k.split("/", 1)[0] in members}
+            gains = ([gain(r["metrics"], reference, own) for _, r in records]
+                     if all(baseline_seeds.get(t) for t in members) else [({}, []) for _ in records])
+            gain_keys = ["delta_m"] + [f"delta_m/{t}" for t in members]
         elif complete:
             gains = [gain(r["metrics"], reference, dict(signs)) for _, r in records]
         else:  # no reference for some task: no delta_m (the header names the task)
@@ -364,11 +388,62 @@ def table_rows(plan: list[dict], runs: Mapping[tuple[str, int], dict], headline:
             row["per_seed"][key] = values
             row[key] = mean_std(values)
         row["dropped"] = sorted({k for _, dropped in gains for k in dropped})
-        (baselines if entry["kind"] == "baseline" else others).append(row)
+        if entry["kind"] == "group":
+            row["tasks"] = list(entry["tasks"])
+        {"baseline": baselines, "group": groups}.get(entry["kind"], others).append(row)
     others.sort(key=lambda r: -r["delta_m"][0] if math.isfinite(r["delta_m"][0]) else math.inf)
     for rank, row in enumerate((r for r in others if math.isfinite(r["delta_m"][0])), 1):
         row["rank"] = rank
-    return baselines + others
+    return baselines + groups + others  # groups: delta_m over fewer tasks, not ranked with the whole networks
+
+
+def grouping_rows(rows: list[dict], tasks: Sequence[str], whole: str) -> list[dict]:
+    """Every split of ``tasks`` into networks whose every group has a row: a task alone its baseline
+    (``single_<task>``), all the tasks the row ``whole``, any other group its ``group_<a>+<b>`` row.
+
+    A split's value for a seed is the mean over the tasks of ``delta_m/<task>`` in the row that serves the task
+    (seeds that every serving row has); mean +- std over those seeds, ranked by the mean. Returns [] when no split
+    but the two trivial ones (one network, or one per task) has its rows.
+    """
+    from perception.mtl.affinity import set_partitions
+
+    by_tasks = {}
+    for row in rows:
+        members = (row["tasks"] if row["kind"] == "group" else [row["run"][len("single_"):]]
+                   if row["kind"] == "baseline" else list(tasks) if row["run"] == whole else None)
+        if members is not None:
+            by_tasks[frozenset(members)] = row
+    if not any(r["kind"] == "group" for r in rows):
+        return []
+    out = []
+    for blocks in set_partitions(len(tasks), len(tasks)):
+        groups = [[tasks[i] for i in block] for block in blocks]
+        serving = [by_tasks.get(frozenset(g)) for g in groups]
+        if any(r is None for r in serving):
+            continue
+        seeds = sorted(set.intersection(*(set(r["seeds"]) for r in serving)))
+        values = []
+        for seed in seeds:
+            changes = [r["per_seed"][f"delta_m/{t}"][r["seeds"].index(seed)] for g, r in zip(groups, serving)
+                       for t in g]
+            values.append(sum(changes) / len(changes) if all(math.isfinite(c) for c in changes) else float("nan"))
+        out.append({"split": " + ".join("{" + ", ".join(g) + "}" for g in groups), "networks": len(groups),
+                    "runs": [r["run"] for r in serving], "seeds": seeds, "per_seed": values,
+                    "delta_m": mean_std(values)})
+    out.sort(key=lambda r: -r["delta_m"][0] if math.isfinite(r["delta_m"][0]) else math.inf)
+    return out
+
+
+def format_groupings(splits: list[dict]) -> str:
+    """The groupings table (markdown)."""
+    lines = ["", "Task groupings: each task served by the network of its group; delta_m % = mean over the tasks of "
+             "each one's change there, per seed, mean ± std over the seeds all its runs have.", "",
+             "| split | networks | runs | seeds | delta_m % |", "|---|---|---|---|---|"]
+    for r in splits:
+        mean, std = r["delta_m"]
+        value = "-" if not math.isfinite(mean) else f"{mean:+.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
+        lines.append(f"| {r['split']} | {r['networks']} | {', '.join(r['runs'])} | {len(r['seeds'])} | {value} |")
+    return "\n".join(lines)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -522,7 +597,7 @@ def plot_delta_m(rows: list[dict], tasks: Sequence[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranked = [r for r in rows if r["kind"] != "baseline"]
+    ranked = [r for r in rows if r["kind"] not in ("baseline", "group")]  # a group's delta_m covers fewer tasks
     keys = ["delta_m"] + [f"delta_m/{t}" for t in tasks]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys) + 1.5, 0.38 * max(len(ranked), 1) + 1.4),
                              sharey=True, squeeze=False)
@@ -603,12 +678,15 @@ def build_table(args: argparse.Namespace, plan: list[dict], headline: Mapping[st
               "timing": timing_note(runs), "missing": missing_runs(plan, args.seeds, runs),
               "baseline_seeds": baseline_seeds}
     text = format_table(rows, headline, header)
+    splits = grouping_rows(rows, list(headline), f"method_{args.sharing_method}")
+    if splits:
+        text += "\n" + format_groupings(splits)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
     settings = {k: v for k, v in vars(args).items() if k not in ("argv", "run")}
-    data = _finite({"settings": settings, "header": header, "rows": rows})
+    data = _finite({"settings": settings, "header": header, "rows": rows, "groupings": splits})
     (out / "comparison.json").write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
     try:
         import matplotlib  # noqa: F401
