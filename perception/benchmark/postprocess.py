@@ -8,7 +8,8 @@ reference it replaces, in one run (PyTorch and the numpy path of ONNX callers).
   boundaries); ours, ``nearest`` (the Predictor's default): the grid's arg-max resized by nearest neighbour
   (``ids_to_original``);
 - depth, reference: the raw map resized, then log-depth, exp and clamp at full size; ours: clamped on the grid in
-  log space, resized once, exponentiated in place.
+  log space, resized once (OpenCV's bilinear resize with the exact scales, on the host for both backends),
+  exponentiated in place.
 
 - detection, reference: every location's box decoded, then threshold, per-level top-k (numpy: a full sort) and
   NMS to the end; ours: threshold and top-k first (numpy: a partial selection), boxes of the kept candidates
@@ -41,7 +42,7 @@ from perception.benchmark.common import machine_info, print_table, time_fn, writ
 from perception.benchmark.predictor import parse_size
 from perception.ops.boxes import ltrb_to_boxes
 from perception.ops.geometry import (argmax_to_original, argmax_to_original_numpy, dense_to_original,
-                                     dense_to_original_numpy, fit_letterbox, ids_to_original, ids_to_original_numpy)
+                                     dense_to_original_numpy, fit_letterbox, ids_to_original)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,8 +201,9 @@ def run(args: argparse.Namespace) -> dict:
     def depth_reference() -> torch.Tensor:
         return torch.exp(dense_to_original(raw, box)).clamp(1e-3, 250.0)
 
-    def depth_ours() -> torch.Tensor:
-        return dense_to_original(raw.clamp(log_min, log_max), box)[0, 0].exp_()
+    def depth_ours() -> np.ndarray:  # the Predictor's: clamped on the grid, fetched, resized on the host
+        depth = dense_to_original_numpy(raw.clamp(log_min, log_max)[0].numpy(), box)[0]
+        return np.exp(depth, out=depth)
 
     def depth_numpy_reference() -> np.ndarray:
         return np.exp(dense_to_original_numpy(np.log(np.maximum(raw_np, 1e-6)), box)[0]).astype(np.float32)
@@ -216,9 +218,9 @@ def run(args: argparse.Namespace) -> dict:
         ("class ids", "numpy", lambda: dense_to_original_numpy(logits_np, box).argmax(0),
          lambda: argmax_to_original_numpy(logits_np, box)),
         ("class ids, nearest", "torch", lambda: dense_to_original(logits[None], box)[0].argmax(0),
-         lambda: ids_to_original(logits.argmax(0).to(torch.uint8), box)),
+         lambda: ids_to_original(logits.argmax(0).to(torch.uint8).numpy(), box)),
         ("class ids, nearest", "numpy", lambda: dense_to_original_numpy(logits_np, box).argmax(0),
-         lambda: ids_to_original_numpy(logits_np.argmax(0).astype(np.uint8), box)),
+         lambda: ids_to_original(logits_np.argmax(0).astype(np.uint8), box)),
         ("metres", "torch", depth_reference, depth_ours),
         ("metres", "numpy", depth_numpy_reference, depth_numpy_ours),
     ]

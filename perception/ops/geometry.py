@@ -13,12 +13,11 @@ Predictions map back by dropping the padding and resizing to the original ``(h, 
 - class ids (segmentation) are the arg-max of those resized logits, computed without them
   (``argmax_to_original``): the arg-max on the head's grid, gathered to the original pixels by the same map, and
   the K logits blended only at the pixels whose four neighbouring cells disagree; or, cheaper, the arg-max on
-  the head's grid resized to the original pixels by nearest neighbour (``ids_to_original``: each pixel takes the
-  cell its centre falls in, by the same coordinate map).
+  the head's grid resized to the original pixels by nearest neighbour (``ids_to_original``, numpy for both
+  backends: each pixel takes the cell its centre falls in, by the same coordinate map).
 
 ``dense_to_original`` (PyTorch) and ``dense_to_original_numpy`` (the numpy reference for ONNX callers) compute
-the same thing, as do ``argmax_to_original`` and ``argmax_to_original_numpy``, and ``ids_to_original`` and
-``ids_to_original_numpy``.
+the same thing, as do ``argmax_to_original`` and ``argmax_to_original_numpy``.
 """
 from __future__ import annotations
 
@@ -319,23 +318,19 @@ def _nearest_taps(letterbox: Letterbox, grid_size: tuple[int, int]) -> tuple[np.
                  for size, scale, n in zip((letterbox.height, letterbox.width), scales, cells))
 
 
-def ids_to_original(ids: Tensor, letterbox: Letterbox) -> Tensor:
+def ids_to_original(ids: np.ndarray, letterbox: Letterbox) -> np.ndarray:
     """Class ids on the head's grid -> the original pixels by nearest neighbour: two index gathers, no float map.
 
+    In numpy for either backend: the grid is small to fetch from a GPU, the full-size map is what the caller gets.
+
     Args:
-        ids (Tensor[h, w]): one image's ids (any integer dtype; e.g. the arg-max of its logits) on a regular
-            grid over the padded input.
+        ids (ndarray[h, w]): one image's ids (any integer dtype; e.g. the arg-max of its logits) on a regular grid
+            over the padded input.
         letterbox: the image's letterbox.
 
     Returns:
-        Tensor[height, width] of ``ids``' dtype.
+        ndarray[height, width] of ``ids``' dtype.
     """
-    rows, cols = (torch.from_numpy(t).to(ids.device) for t in _nearest_taps(letterbox, tuple(ids.shape[-2:])))
-    return ids.index_select(0, rows).index_select(1, cols)
-
-
-def ids_to_original_numpy(ids: np.ndarray, letterbox: Letterbox) -> np.ndarray:
-    """Numpy twin of :func:`ids_to_original`: ndarray[h, w] -> ndarray[height, width] of the same dtype."""
     rows, cols = _nearest_taps(letterbox, tuple(ids.shape[-2:]))
     return np.take(np.take(ids, rows, axis=0), cols, axis=1)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.ops.draw import colorize_depth, depth_range
-from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original, dense_to_original_numpy
+from perception.ops.geometry import Letterbox, crop_resize_linear, dense_to_original_numpy
 from perception.tasks.base import Task, dense_pyramid_strides
 from perception.tasks.depth.config import DepthConfig
 from perception.tasks.depth.head import DepthHead
@@ -92,14 +92,16 @@ class DepthTask(Task):
     def predict(self, head: nn.Module, output: Tensor, letterboxes: Sequence[Letterbox], **options: Any
                 ) -> list[dict[str, Any]]:
         """Depth in metres at each original image's size: the head's log-depth, clamped on its own grid, resized
-        once to the original pixels (``dense_to_original``: a resize in log space keeps depth edges sharp) and
-        exponentiated there in place. A bilinear blend of clamped values stays in the range, so the full-size
-        map needs no clamp; the ONNX path (``decode_numpy``) takes the same steps."""
+        once to the original pixels (``dense_to_original_numpy``, on the host: the grid is small to fetch, the
+        full-size map is numpy either way; a resize in log space keeps depth edges sharp) and exponentiated there
+        in place. A bilinear blend of clamped values stays in the range, so the full-size map needs no clamp; the
+        ONNX path (``decode_numpy``) takes the same steps."""
         log_min, log_max = math.log(head.min_depth), math.log(head.max_depth)
+        log_depth = head.log_depth(output.float()).clamp(log_min, log_max).cpu().numpy()   # [B, 1, h, w]
         results = []
         for i, box in enumerate(letterboxes):
-            log_depth = head.log_depth(output[i:i + 1].float()).clamp(log_min, log_max)   # [1, 1, h, w]
-            results.append(self.to_numpy(dense_to_original(log_depth, box)[0, 0].exp_()))
+            depth = dense_to_original_numpy(log_depth[i], box)[0]
+            results.append({"depth": np.exp(depth, out=depth)})
         return results
 
     def to_numpy(self, prediction: Tensor) -> dict[str, Any]:

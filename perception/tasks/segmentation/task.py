@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from perception.ops.draw import class_palette, overlay_segmentation
 from perception.ops.geometry import (Letterbox, argmax_to_original, argmax_to_original_numpy, crop_resize_nearest,
-                                     ids_to_original, ids_to_original_numpy)
+                                     ids_to_original)
 from perception.tasks.base import Task, dense_pyramid_strides
 from perception.tasks.common import DENSE_SCALES, IGNORE_INDEX, dense_batch
 from perception.tasks.segmentation.config import SegmentationConfig
@@ -94,8 +94,10 @@ class SegmentationTask(Task):
         (``"bilinear"``), computed without the full-size K-channel logits (``argmax_to_original``)."""
         if self._upsample(upsample) == "bilinear":
             return [self.to_numpy(argmax_to_original(output[i], box)) for i, box in enumerate(letterboxes)]
-        ids = output.float().argmax(1).to(torch.uint8 if self.cfg.num_classes <= 256 else torch.int32)
-        return [self.to_numpy(ids_to_original(ids[i], box)) for i, box in enumerate(letterboxes)]
+        # The grid's ids to the host (small), then gathered there: the full-size map is numpy either way.
+        ids = output.float().argmax(1).to(torch.uint8 if self.cfg.num_classes <= 256 else torch.int32).cpu().numpy()
+        return [{"semantic": ids_to_original(ids[i], box), "semantic_names": list(self.class_names)}
+                for i, box in enumerate(letterboxes)]
 
     def _id_dtype(self) -> type:
         return np.uint8 if self.cfg.num_classes <= 256 else np.int32
@@ -113,7 +115,7 @@ class SegmentationTask(Task):
         if self._upsample(options.get("upsample", "nearest")) == "bilinear":
             ids = argmax_to_original_numpy(logits, letterbox)
         else:
-            ids = ids_to_original_numpy(logits.argmax(0).astype(self._id_dtype()), letterbox)
+            ids = ids_to_original(logits.argmax(0).astype(self._id_dtype()), letterbox)
         return {"semantic": ids.astype(self._id_dtype()), "semantic_names": list(self.class_names)}
 
     def draw(self, image: np.ndarray, result: Mapping[str, Any], palette: np.ndarray | None = None,
