@@ -2,7 +2,8 @@
 
 The processes are started by torch.multiprocessing here (the test harness); the product runs under torchrun.
 Segmentation only, with frozen batch norm and all pixels labelled: the loss is a mean over the images' pixels,
-so the average of the two halves' gradients equals the full batch's gradient exactly.
+so the average of the two halves' gradients equals the full batch's gradient exactly. The gradient-combining
+methods (segmentation and depth): each rank's own combination, averaged once.
 """
 from __future__ import annotations
 
@@ -61,13 +62,20 @@ def _half_grad(manual: bool) -> torch.Tensor:
     return grads["heads.segmentation.predictor.weight"]
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, job: str) -> None:
+    """One gloo rank: ``job`` "sync" saves the first step's gradients of both sync paths, "methods" those of every
+    gradient-combining method."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        for manual in (False, True):
-            grads = _first_step_grads(rank, world, manual)
-            torch.save(grads, os.path.join(out_dir, f"rank{rank}_{manual}.pt"))
+        if job == "sync":
+            for manual in (False, True):
+                grads = _first_step_grads(rank, world, manual)
+                torch.save(grads, os.path.join(out_dir, f"rank{rank}_{manual}.pt"))
+        else:
+            for method in GRADIENT_METHODS:
+                grads = _combined_grads(rank, world, method, [2 * rank, 2 * rank + 1])
+                torch.save(grads, os.path.join(out_dir, f"{method}_rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -75,7 +83,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
     """Both paths: DDP's own all-reduce, and the trainer's averaging under ``manual_grad_sync``."""
     # fork: the children inherit the imported modules (spawning would re-import torch and timm twice)
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), "sync"), nprocs=2, join=True,
                        start_method="fork")
     for manual in (False, True):
         single = _first_step_grads(0, 1, manual)
@@ -114,19 +122,8 @@ def _combined_grads(rank: int, world: int, method: str, indices) -> dict[str, to
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _gradient_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        for method in GRADIENT_METHODS:
-            grads = _combined_grads(rank, world, method, [2 * rank, 2 * rank + 1])
-            torch.save(grads, os.path.join(out_dir, f"{method}_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_gradient_methods_average_each_ranks_combination(tmp_path):
-    mp.start_processes(_gradient_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), "methods"), nprocs=2, join=True,
                        start_method="fork")
     for method in GRADIENT_METHODS:
         halves = [_combined_grads(0, 1, method, [2 * r, 2 * r + 1]) for r in range(2)]
