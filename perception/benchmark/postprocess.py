@@ -281,11 +281,8 @@ def decode_accuracy(checkpoints, photo: tuple[int, int], network: str | None, sc
         predictors = {mode: Predictor.from_checkpoint(path, device="cpu",
                                                       image_size=parse_size(network) if network else None)
                       for mode in modes}
-        for mode, predictor in predictors.items():
-            predictor.set_option("upsample", mode)
-        names = [n for n, t in predictors["nearest"].tasks.items() if t.TYPE == "segmentation"]
-        if not names:
-            raise ValueError(f"{path}: no segmentation task to score")
+        for mode, predictor in predictors.items():  # the tasks that take the option: the class maps
+            names = predictor.set_option("upsample", mode)
         task = predictors["nearest"].tasks[names[0]]
         classes, ignore = task.cfg.num_classes, task.cfg.ignore_index
         confusion = {mode: np.zeros((classes, classes), np.int64) for mode in modes}
