@@ -97,7 +97,7 @@ class DepthTask(Task):
         in place. A bilinear blend of clamped values stays in the range, so the full-size map needs no clamp; the
         ONNX path (``decode_numpy``) takes the same steps."""
         log_min, log_max = math.log(head.min_depth), math.log(head.max_depth)
-        log_depth = head.log_depth(output.float()).clamp(log_min, log_max).cpu().numpy()   # [B, 1, h, w]
+        log_depth = head.log_depth(output.detach().float()).clamp(log_min, log_max).cpu().numpy()   # [B, 1, h, w]
         results = []
         for i, box in enumerate(letterboxes):
             depth = dense_to_original_numpy(log_depth[i], box)[0]

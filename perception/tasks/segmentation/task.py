@@ -97,9 +97,10 @@ class SegmentationTask(Task):
         # The grid's ids on the host (small), then gathered there: the full-size map is numpy either way. On the CPU
         # numpy's arg-max over the channels is several times faster than PyTorch's (0.5 against 3 ms, 19 x 80 x 60).
         if output.device.type == "cpu":
-            ids = output.float().numpy().argmax(1).astype(self._id_dtype())
+            ids = output.detach().float().numpy().argmax(1).astype(self._id_dtype())
         else:
-            ids = output.float().argmax(1).to(torch.uint8 if self.cfg.num_classes <= 256 else torch.int32).cpu().numpy()
+            ids = output.detach().float().argmax(1).to(torch.uint8 if self.cfg.num_classes <= 256 else torch.int32)
+            ids = ids.cpu().numpy()
         return [{"semantic": ids_to_original(ids[i], box), "semantic_names": list(self.class_names)}
                 for i, box in enumerate(letterboxes)]
 
