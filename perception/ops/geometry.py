@@ -196,7 +196,8 @@ def _linear_taps(out_size: int, in_size: int, scale: float) -> tuple[np.ndarray,
 
 
 def dense_to_original_numpy(x: np.ndarray, letterbox: Letterbox) -> np.ndarray:
-    """Numpy reference of :func:`dense_to_original` for one image.
+    """Numpy twin of :func:`dense_to_original` for one image (OpenCV's resize for up to 4 channels): depth's resize
+    in both predictor backends, every dense map's in the ONNX one.
 
     Args:
         x (ndarray[C, h, w]): a map on a regular grid over the padded input.
