@@ -163,6 +163,32 @@ def test_dense_branch_at_stride_8_reads_p3_p5_and_predicts_at_input_size(type_na
     assert tuple(pred.shape[1:3]) == (64, 96)
 
 
+@pytest.mark.parametrize("strides,conv", [((4, 8, 16, 32), "dwsep"), ((8, 16, 32), "conv")])
+def test_dense_branch_upsamples_the_coarse_levels_once_with_the_values_of_one_resize_each(strides, conv):
+    """The branch sums P3..P5 (P4..P5) before their shared last upsampling: the same map as resizing each level's
+    output to the finest size and summing (odd sizes, where the sizes of the levels do not halve exactly)."""
+    import torch.nn.functional as F
+    from perception.ops.dense import SemanticFPNBranch
+
+    torch.manual_seed(0)
+    branch = SemanticFPNBranch(6, 8, strides, conv).eval()
+    sizes = [(25, 33), (13, 17), (7, 9), (4, 5)][:len(strides)]
+    features = [torch.randn(2, 6, *size) for size in sizes]
+    with torch.no_grad():
+        out = branch(features)
+        reference = branch.scales[0](features[0], [])
+        for level in range(1, len(strides)):
+            y = branch.scales[level](features[level], sizes[:level][::-1])  # each resized to the finest size
+            assert y.shape[-2:] == sizes[0]
+            reference = reference + y
+        coarse = branch.scales[1](features[1], sizes[:1], last_upsample=False)
+    assert out.shape == (2, 8, *sizes[0])
+    assert coarse.shape[-2:] == sizes[1]
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    # a branch that does not reach the finest level's size would differ by far more than the tolerance
+    assert (out - reference).abs().max() < 1e-4 < (out - branch.scales[0](features[0], [])).abs().max()
+
+
 def test_without_prune_the_pyramid_keeps_p2_as_before():
     """A detection-only model of the default settings keeps the P2 level older checkpoints hold."""
     _, model = _meta_model(["model.tasks=[detection]"])

@@ -1,7 +1,7 @@
 """The Panoptic-FPN semantic branch (Kirillov et al., "Panoptic Feature Pyramid Networks", CVPR 2019).
 
 Each of P2..P5 goes through conv3x3-GN-ReLU stages, with a 2x upsampling after each stage, until it reaches the
-1/4 scale; the four maps are summed. Both dense heads (segmentation and depth) use this branch, each with its own
+1/4 scale; the four maps are summed (the last upsampling, shared by P3..P5, is done once on their sum). Both dense heads (segmentation and depth) use this branch, each with its own
 weights and its own 1x1 predictor.
 """
 from __future__ import annotations
@@ -25,11 +25,12 @@ class ScaleBranch(nn.Module):
             [conv_unit(in_channels if i == 0 else channels, channels, conv) for i in range(max(1, num_up))])
         self.num_up = num_up
 
-    def forward(self, x: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
-        """Args: sizes: the spatial sizes to upsample to after each stage (finest last)."""
+    def forward(self, x: Tensor, sizes: Sequence[tuple[int, int]], last_upsample: bool = True) -> Tensor:
+        """Args: sizes: the spatial sizes to upsample to after each stage (finest last); last_upsample: False
+        stops before the final upsampling (the output then has ``sizes[-2]``, or the input's size)."""
         for i, stage in enumerate(self.stages):
             x = stage(x)
-            if i < self.num_up:
+            if i < self.num_up and (last_upsample or i < self.num_up - 1):
                 x = F.interpolate(x, size=sizes[i], mode="bilinear", align_corners=False)
         return x
 
@@ -59,11 +60,16 @@ class SemanticFPNBranch(nn.Module):
         """Args: features: [P2, P3, P4, P5] (or from P3). Returns: Tensor[B, channels, H/s, W/s], s the first
         level's stride."""
         sizes = [tuple(f.shape[-2:]) for f in features]
-        out = None
-        for level, (branch, x) in enumerate(zip(self.scales, features)):
-            # Level k upsamples through the sizes of levels k-1, ..., 0 so odd sizes line up exactly.
-            y = branch(x, sizes[:level][::-1])
-            out = y if out is None else out + y
+        # Level k upsamples through the sizes of levels k-1, ..., 0 so odd sizes line up exactly. Every level
+        # from 1 on ends with the same bilinear map (level 1's size -> level 0's), which is linear: their sum is
+        # upsampled once instead of each (the same values, one full-resolution resize instead of up to three).
+        coarse = None
+        for level, (branch, x) in enumerate(zip(self.scales[1:], features[1:]), start=1):
+            y = branch(x, sizes[:level][::-1], last_upsample=False)
+            coarse = y if coarse is None else coarse + y
+        out = self.scales[0](features[0], [])
+        if coarse is not None:
+            out = out + F.interpolate(coarse, size=sizes[0], mode="bilinear", align_corners=False)
         return out
 
 
