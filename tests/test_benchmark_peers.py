@@ -171,3 +171,18 @@ def test_a_variant_runs_with_the_weights_of_its_checkpoint(tmp_path, capsys, one
     assert benchmark_tool.main(["scales", *args, "--variants", "wide:model.neck.channels=64",
                                 "--weights", f"wide={other}"]) == 2
     assert re.search(r"the checkpoint's network has \d+ parameters, variant 'wide' \d+", capsys.readouterr().err)
+
+
+def test_round_robin_calls_every_function_once_per_round_and_the_ratio_pairs_the_rounds():
+    from perception.benchmark.common import paired_ratio, time_round_robin
+
+    calls = []
+    times = time_round_robin([lambda: calls.append("a"), lambda: calls.append("b")], torch.device("cpu"),
+                             warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed ones, in turn
+    assert [len(t) for t in times] == [3, 3] and all(v >= 0 for t in times for v in t)
+    # Round 2 ran on a machine twice as loaded: paired, its ratio stays 0.4; the medians of blocks would not.
+    multi = [4.0, 8.0, 4.0]
+    singles = [[3.0, 6.0, 3.0], [7.0, 14.0, 7.0]]
+    assert paired_ratio(multi, singles) == pytest.approx(0.4)
+    assert paired_ratio([1.0, 5.0, 2.0], [[2.0, 10.0, 10.0]]) == pytest.approx(0.5)  # median of 0.5, 0.5, 0.2

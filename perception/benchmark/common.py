@@ -33,6 +33,31 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeat
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
+def time_round_robin(fns: Sequence[Callable[[], Any]], device: torch.device, warmup: int = 2,
+                     repeats: int = 7) -> list[list[float]]:
+    """Milliseconds of each of ``fns`` in ``repeats`` rounds, every round calling each function once in turn
+    (after ``warmup`` such rounds untimed): a change of the machine's load during the run then hits every
+    function alike, which timing them one block after the other does not. Returns one list per function."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    synchronize(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            out.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def paired_ratio(numerator: Sequence[float], denominators: Sequence[Sequence[float]]) -> float:
+    """The median over rounds of ``numerator[r] / sum(d[r] for d in denominators)``: the ratio of times taken in
+    the same round (see :func:`time_round_robin`), robust to load that drifts between rounds."""
+    return statistics.median(n / sum(d[r] for d in denominators) for r, n in enumerate(numerator))
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),

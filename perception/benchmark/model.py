@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 
 import torch
 
-from perception.benchmark.common import machine_info, print_table, resolve_device, time_fn, write_json
+from perception.benchmark.common import (machine_info, paired_ratio, print_table, resolve_device,
+                                         time_round_robin, write_json)
 from perception.models.config import ModelConfig
 from perception.tasks import tasks_to_spec
 from perception.utils.configurable import from_dict
@@ -59,8 +61,9 @@ def single_task_configs(cfg: ModelConfig) -> dict[str, ModelConfig]:
 
 def measure_config(cfg: ModelConfig, size, batch: int, device: torch.device, amp: str = "none",
                    channels_last: bool = False, warmup: int = 2, repeats: int = 7) -> dict:
-    """Latency of the multi-task forward of ``cfg`` and of its single-task forwards (one per task), with their
-    ratio (``multi_ms / single_total_ms``)."""
+    """Latency of the multi-task forward of ``cfg`` and of its single-task forwards (one per task), timed in
+    turn in every round (:func:`time_round_robin`): ``multi_ms`` and ``<task>_ms`` are medians over the rounds,
+    ``ratio`` the median of the per-round ratios multi / sum of the singles (:func:`paired_ratio`)."""
     images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device).float()
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -72,21 +75,18 @@ def measure_config(cfg: ModelConfig, size, batch: int, device: torch.device, amp
                 model(images)
         return run
 
-    multi = build_from_config(cfg, device, channels_last)
-    row = {"params_multi_M": sum(p.numel() for p in multi.parameters()) / 1e6}
-    row["multi_ms"] = time_fn(forward_fn(multi), device, warmup, repeats)["median_ms"]
-    del multi
-    singles_ms, singles_params = 0.0, 0.0
-    for task, single_cfg in single_task_configs(cfg).items():
-        single = build_from_config(single_cfg, device, channels_last)
-        singles_params += sum(p.numel() for p in single.parameters()) / 1e6
-        ms = time_fn(forward_fn(single), device, warmup, repeats)["median_ms"]
-        row[f"{task}_ms"] = ms
-        singles_ms += ms
-        del single
-    row["single_total_ms"] = singles_ms
-    row["params_single_total_M"] = singles_params
-    row["ratio"] = row["multi_ms"] / singles_ms
+    models = {"multi": build_from_config(cfg, device, channels_last)}
+    models.update({task: build_from_config(single_cfg, device, channels_last)
+                   for task, single_cfg in single_task_configs(cfg).items()})
+    times = dict(zip(models, time_round_robin([forward_fn(m) for m in models.values()], device, warmup, repeats)))
+    params = {name: sum(p.numel() for p in model.parameters()) / 1e6 for name, model in models.items()}
+    del models
+    singles = [name for name in times if name != "multi"]
+    row = {"params_multi_M": params["multi"], "multi_ms": statistics.median(times["multi"])}
+    row.update({f"{task}_ms": statistics.median(times[task]) for task in singles})
+    row["single_total_ms"] = sum(row[f"{task}_ms"] for task in singles)
+    row["params_single_total_M"] = sum(params[task] for task in singles)
+    row["ratio"] = paired_ratio(times["multi"], [times[task] for task in singles])
     return row
 
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
                              args.repeats) for b in args.backbones]
     info = machine_info(device)
     print(f"forward latency, batch {args.batch}, {args.size[0]}x{args.size[1]}, {device}, amp={args.amp}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats} rounds, the models in turn in each; ratio: the median of the rounds' ratios")
     print_table(rows, ["backbone", "multi_ms", *(f"{task}_ms" for task in default_tasks()), "single_total_ms",
                        "ratio", "params_multi_M", "params_single_total_M"])
     result = {"benchmark": "model", "machine": info, "settings": {k: v for k, v in vars(args).items()
