@@ -207,3 +207,23 @@ def test_scale_n_exports_to_onnx_and_matches_pytorch(tmp_path):
     diffs = compare_with_torch(exported.path, model, images)
     assert set(diffs) == set(exported.output_names) and max(diffs.values()) < 1e-3, diffs
     assert read_metadata(exported.path)["decode"]["detection"] == {"strides": [8, 16, 32]}  # P3..P5 decoded
+
+
+def test_detection_box_and_centerness_from_one_stacked_convolution_equal_the_two_predictors():
+    from perception.tasks.detection.head import FCOSHead
+
+    torch.manual_seed(0)
+    head = FCOSHead(8, 3, strides=(8, 16, 32), num_convs=1, tower="dwsep").eval()
+    torch.nn.init.normal_(head.ctr_pred.weight, std=0.5)  # away from their zero-ish start: every value counts
+    torch.nn.init.normal_(head.box_pred.weight, std=0.1)
+    features = [torch.randn(2, 8, h, w) for h, w in ((9, 13), (5, 7), (3, 4))]
+    with torch.no_grad():
+        out = head(features)
+        box, ctr = [], []
+        for level, (x, stride) in enumerate(zip(features, head.strides)):
+            feature = head.box_tower(x)
+            box.append((torch.exp(head.scales[level](head.box_pred(feature))) * stride).flatten(2).transpose(1, 2))
+            ctr.append(head.ctr_pred(feature).flatten(1))
+    torch.testing.assert_close(out["centerness"], torch.cat(ctr, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["box_regression"], torch.cat(box, 1), rtol=1e-5, atol=1e-4)
+    assert out["centerness"].shape == (2, 9 * 13 + 5 * 7 + 3 * 4) and out["centerness"].std() > 0.1, out["centerness"].std()

@@ -19,7 +19,8 @@ costs somewhat more than with trained ones: more boxes reach the NMS, more pixel
   median of ``--repeats`` after ``--warmup``, on one photo (``--image``, or a generated street scene of
   ``--photo`` size) fitted into ``--image-size``; onnxruntime gets as many threads as torch;
 - ``multi_vs_single``: the multi-task forward's time over the sum of its own single-task models' forwards
-  (``perception.benchmark.model``), at the padded size the photo is fitted into.
+  (``perception.benchmark.model``: timed in turn in every round, the median of the rounds' ratios), at the
+  padded size the photo is fitted into, in the channels-last layout the Predictor feeds the network.
 
 The table is printed and written as markdown (``--markdown``, ready for the README) and JSON (``--json``).
 """
@@ -211,8 +212,10 @@ def measure_variant(config: str, variant: Variant, image: np.ndarray, args: argp
     del model
     if ratio:
         padded = fit_letterbox(image.shape[0], image.shape[1], tuple(args.image_size)).padded_size
-        forward = measure_config(cfg.model, padded, 1, torch.device("cpu"), warmup=args.warmup,
-                                 repeats=args.repeats)
+        # NHWC, as the Predictor feeds the network (its uint8 buffer is a channels-last view): on the CPU the
+        # NCHW forward is slower (about 1.3x at scale m) and would not be the network the other columns time.
+        forward = measure_config(cfg.model, padded, 1, torch.device("cpu"), channels_last=True,
+                                 warmup=args.warmup, repeats=args.repeats)
         row.update({"multi_ms": forward["multi_ms"], "single_total_ms": forward["single_total_ms"],
                     "multi_vs_single": forward["ratio"], "forward_size": f"{padded[0]}x{padded[1]}"})
     return row
