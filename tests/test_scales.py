@@ -226,4 +226,5 @@ def test_detection_box_and_centerness_from_one_stacked_convolution_equal_the_two
             ctr.append(head.ctr_pred(feature).flatten(1))
     torch.testing.assert_close(out["centerness"], torch.cat(ctr, 1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["box_regression"], torch.cat(box, 1), rtol=1e-5, atol=1e-4)
-    assert out["centerness"].shape == (2, 9 * 13 + 5 * 7 + 3 * 4) and out["centerness"].std() > 0.1, out["centerness"].std()
+    assert out["centerness"].shape == (2, 9 * 13 + 5 * 7 + 3 * 4)
+    assert out["centerness"].std() > 0.1  # the stacked filters' fifth output is not a constant

@@ -1,8 +1,8 @@
 """The Panoptic-FPN semantic branch (Kirillov et al., "Panoptic Feature Pyramid Networks", CVPR 2019).
 
 Each of P2..P5 goes through conv3x3-GN-ReLU stages, with a 2x upsampling after each stage, until it reaches the
-1/4 scale; the four maps are summed (the last upsampling, shared by P3..P5, is done once on their sum). Both dense heads (segmentation and depth) use this branch, each with its own
-weights and its own 1x1 predictor.
+1/4 scale; the four maps are summed (the last upsampling, shared by P3..P5, is done once on their sum). Both
+dense heads (segmentation and depth) use this branch, each with its own weights and its own 1x1 predictor.
 """
 from __future__ import annotations
 
