@@ -334,3 +334,21 @@ def test_class_names_fall_back_to_class_i_and_ids_widen_above_256_classes():
     assert set(named(scene_image(11, 40, 60)).class_names) <= {"car", "bus", "van"}
     with pytest.raises(ValueError, match="2 names for num_classes=257"):
         Predictor(model, (64, 96), device="cpu", class_names={"wide": ["a", "b"]})
+
+
+def test_a_subset_without_p2_loads_from_a_checkpoint_whose_pyramid_has_it(tmp_path):
+    """With neck.prune, detection alone of a network with stride-4 dense heads has no P2: its FPN blocks are
+    the checkpoint's second and later ones, renumbered; its outputs equal the whole network's detection."""
+    cfg = tiny_config()
+    cfg.model.neck.prune = True
+    model = tiny_model(cfg)
+    assert model.neck.strides[0] == 4
+    path = write_checkpoint(tmp_path / "full.pt", cfg, model)
+    only = Predictor.from_checkpoint(path, device="cpu", tasks=["detection"])
+    assert only.model.neck.strides[0] == 8 and len(only.model.heads) == 1
+    images = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        ours = only.model(images)["detection"]
+        reference = model(images, tasks=["detection"])["detection"]
+    for key in ("cls_logits", "box_regression", "centerness"):
+        torch.testing.assert_close(ours[key], reference[key])

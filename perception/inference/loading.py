@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from perception.models import ModelConfig, build_model
@@ -102,6 +104,35 @@ def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str, p
     model.load_state_dict({k: weights[k] for k in expected}, strict=True)
 
 
+_PYRAMID_BLOCK = re.compile(r"^(neck\.fpn\.(?:inner|layer)_blocks)\.(\d+)\.(.*)$")
+
+
+def _pyramid_weights_for_subset(weights: Mapping[str, Tensor], cfg: ModelConfig, model: nn.Module
+                                ) -> dict[str, Tensor]:
+    """``weights`` of the whole network renumbered for ``model``, built with a subset of its heads: with
+    ``neck.prune`` a subset that reads no P2 (e.g. detection alone of a network with stride-4 dense heads) has a
+    pyramid whose first level is the checkpoint's second, so its FPN blocks are numbered one lower; the blocks
+    of the levels it leaves out are dropped."""
+    first = getattr(getattr(model, "neck", None), "first", None)
+    if first is None:
+        return dict(weights)
+    full = copy.deepcopy(cfg)
+    full.backbone.pretrained = False
+    with torch.device("meta"):  # the whole network's pyramid, shapes only
+        full_first = build_model(full).neck.first
+    offset = first - full_first
+    if offset <= 0:
+        return dict(weights)
+    out = {}
+    for key, value in weights.items():
+        match = _PYRAMID_BLOCK.match(key)
+        if match is None:
+            out[key] = value
+        elif int(match.group(2)) >= offset:
+            out[f"{match.group(1)}.{int(match.group(2)) - offset}.{match.group(3)}"] = value
+    return out
+
+
 def load_model(path: str | os.PathLike, tasks: Sequence[str] | None = None, prefer_ema: bool = True
                ) -> LoadedModel:
     """Rebuild the network stored in a checkpoint, with the heads of ``tasks`` only (all by default).
@@ -142,6 +173,8 @@ def load_model(path: str | os.PathLike, tasks: Sequence[str] | None = None, pref
         model_cfg.tasks = {n: spec[n] for n in wanted} if isinstance(spec, Mapping) else list(wanted)
     model = build_model(model_cfg)
     weights, which = select_weights(state, prefer_ema)
+    if subset:
+        weights = _pyramid_weights_for_subset(weights, cfg, model)
     load_weights(model, weights, f"checkpoint {str(path)!r} ({which} weights)", partial=subset)
     step = state.get("step")
     return LoadedModel(model.eval(), dict(raw), cfg, image_size, wanted, which,
