@@ -186,3 +186,28 @@ def test_round_robin_calls_every_function_once_per_round_and_the_ratio_pairs_the
     singles = [[3.0, 6.0, 3.0], [7.0, 14.0, 7.0]]
     assert paired_ratio(multi, singles) == pytest.approx(0.4)
     assert paired_ratio([1.0, 5.0, 2.0], [[2.0, 10.0, 10.0]]) == pytest.approx(0.5)  # median of 0.5, 0.5, 0.2
+
+
+def test_train_benchmark_reports_the_model_flop_rate_and_mfu():
+    import argparse
+
+    from perception.benchmark import train
+    from perception.benchmark.scales import gflops
+    from perception.config import load_config
+    from perception.models import build_model
+
+    overrides = ["model.backbone.name=test_resnet", "model.neck.channels=16"]
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--variants", "fp32", "channels_last", "--batch", "2", "--size", "64", "96",
+                              "--repeats", "1", "--warmup", "1", "--device", "cpu", "--peak-tflops", "2.5",
+                              *overrides])
+    result = train.run(args)
+    # 3 forwards' worth per step (forward + backward), 2 images: the FLOP counter on one 64x96 image, x 6
+    cfg = load_config(args.config, ["model.backbone.pretrained=false", *overrides])
+    assert result["step_gflops"] == pytest.approx(6 * gflops(build_model(cfg.model), (64, 96)), rel=1e-6)
+    for row in result["rows"]:
+        assert row["model_tflops"] == pytest.approx(result["step_gflops"] / row["step_ms"])
+        assert row["mfu"] == pytest.approx(row["model_tflops"] / 2.5)
+    with pytest.raises(ValueError, match="--peak-tflops: got -1.0"):
+        train.run(parser.parse_args(["--peak-tflops", "-1", *overrides]))

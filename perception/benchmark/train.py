@@ -6,6 +6,12 @@ synthetic driving scenes, so data loading is left out. The scenes carry every ta
 task with fewer classes than the scenes (NYUv2's 13 against Cityscapes' 19) is timed with the scenes' class count,
 which changes only its last layer. Ratios are against the first variant, measured in the same process.
 
+``model_tflops`` is the model-FLOP rate of a variant: 3 x the forward's FLOPs on the batch (the forward once, the
+backward twice: the usual convention of model-FLOP utilisation, whatever extra passes a gradient method makes;
+FLOPs counted by ``torch.utils.flop_counter`` as in the other benchmarks) per second of step. With
+``--peak-tflops`` (the device's dense peak for the variant's precision, from its datasheet) the ``mfu`` column is
+that rate over the peak.
+
     python tools/benchmark.py train --config configs/synthetic_driving.yaml                       # CPU
     python tools/benchmark.py train --config configs/cityscapes.yaml --device cuda \\
         --variants fp32 amp amp_cl amp_cl_compile
@@ -44,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="the device's peak dense TFLOP/s for the mfu column (0: no mfu)")
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
 
@@ -113,6 +121,12 @@ def run(args: argparse.Namespace) -> dict:
         print(f"timed with the synthetic scenes' classes: {'; '.join(changed)}")
     cfg = dataclasses.replace(cfg, model=model_cfg)
     batch = synthetic_batch(args.batch or cfg.data.batch_size, size, model_cfg.build_tasks()).to(device)
+    if args.peak_tflops < 0:
+        raise ValueError(f"--peak-tflops: got {args.peak_tflops}, expected a positive number (or 0: no mfu)")
+    from perception.benchmark.methods import forward_gflops
+    from perception.models import build_model
+
+    step_gflops = 3.0 * forward_gflops(build_model(model_cfg).to(device), batch.images)
     rows = []
     for variant in args.variants:
         if VARIANTS[variant][0] == "fp16" and device.type != "cuda":
@@ -121,10 +135,14 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(measure_variant(cfg, variant, batch, device, args.warmup, args.repeats))
     for row in rows:
         row["ratio"] = row["images_per_s"] / rows[0]["images_per_s"]
+        row["model_tflops"] = step_gflops / row["step_ms"]  # GFLOP per ms = TFLOP per s
+        if args.peak_tflops:
+            row["mfu"] = row["model_tflops"] / args.peak_tflops
     print(f"training step, {args.config}, batch {len(batch)}, {size[0]}x{size[1]}, {device}, median of "
           f"{args.repeats}")
-    print_table(rows, ["variant", "amp", "channels_last", "compile", "step_ms", "images_per_s", "ratio"])
-    result = {"benchmark": "train", "machine": machine_info(device),
+    print_table(rows, ["variant", "amp", "channels_last", "compile", "step_ms", "images_per_s", "ratio",
+                       "model_tflops", *(["mfu"] if args.peak_tflops else [])])
+    result = {"benchmark": "train", "machine": machine_info(device), "step_gflops": step_gflops,
               "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}
     write_json(result, args.json)
     return result
