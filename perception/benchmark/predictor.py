@@ -81,6 +81,8 @@ def measure(backbone: str, size, batch: int, image: np.ndarray, device: torch.de
 
     tasks = list(default_tasks())
     multi = _predictor(backbone, tasks, size, device, args.amp, args.score_thresh, args.checkpoint)
+    if args.checkpoint:  # the checkpoint's network, whatever --backbones says
+        row["backbone"] = getattr(getattr(multi.model, "backbone", None), "name", backbone)
     row["multi_ms"], parts = timed(multi)
     row.update({f"multi_{k}_ms": parts[k] for k in ("pre", "forward", "post")})
     row["multi_img_per_s"] = 1000.0 / row["multi_ms"]
