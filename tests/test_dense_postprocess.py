@@ -191,6 +191,10 @@ def test_decode_accuracy_scores_both_decodes_against_the_truth(tmp_path, capsys)
     diff = [r["nearest_mIoU"] - r["bilinear_mIoU"] for r in result["per_checkpoint"]]
     assert result["summary"]["mIoU_difference"]["mean"] == pytest.approx(np.mean(diff))
     assert "mean +- std over the checkpoints" in capsys.readouterr().out
+    depth_cfg = tiny_config(["depth"])
+    depth_only = write_checkpoint(tmp_path / "depth.pt", depth_cfg, tiny_model(depth_cfg))
+    with pytest.raises(ValueError, match=r"depth\.pt: no class-map task to score"):
+        postprocess.decode_accuracy([depth_only], (45, 61), None, scenes=1)
 
 
 @pytest.mark.parametrize("size, network", [((810, 1080), (160, 160)), ((75, 100), (64, 128))])

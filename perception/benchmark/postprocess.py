@@ -282,7 +282,10 @@ def decode_accuracy(checkpoints, photo: tuple[int, int], network: str | None, sc
                                                       image_size=parse_size(network) if network else None)
                       for mode in modes}
         for mode, predictor in predictors.items():  # the tasks that take the option: the class maps
-            names = predictor.set_option("upsample", mode)
+            try:
+                names = predictor.set_option("upsample", mode)
+            except ValueError as err:
+                raise ValueError(f"{path}: no class-map task to score ({err})") from None
         task = predictors["nearest"].tasks[names[0]]
         classes, ignore = task.cfg.num_classes, task.cfg.ignore_index
         confusion = {mode: np.zeros((classes, classes), np.int64) for mode in modes}

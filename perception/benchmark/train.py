@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> dict:
     from perception.config import load_config
     from perception.data.datasets.synthetic import SyntheticDrivingDataset
 
+    if args.peak_tflops < 0:
+        raise ValueError(f"--peak-tflops: got {args.peak_tflops}, expected a positive number (or 0: no mfu)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -121,8 +123,6 @@ def run(args: argparse.Namespace) -> dict:
         print(f"timed with the synthetic scenes' classes: {'; '.join(changed)}")
     cfg = dataclasses.replace(cfg, model=model_cfg)
     batch = synthetic_batch(args.batch or cfg.data.batch_size, size, model_cfg.build_tasks()).to(device)
-    if args.peak_tflops < 0:
-        raise ValueError(f"--peak-tflops: got {args.peak_tflops}, expected a positive number (or 0: no mfu)")
     from perception.benchmark.methods import forward_gflops
     from perception.models import build_model
 
