@@ -336,11 +336,13 @@ def test_class_names_fall_back_to_class_i_and_ids_widen_above_256_classes():
         Predictor(model, (64, 96), device="cpu", class_names={"wide": ["a", "b"]})
 
 
-def test_a_subset_without_p2_loads_from_a_checkpoint_whose_pyramid_has_it(tmp_path):
+@pytest.mark.parametrize("conv", ["conv", "dwsep"])
+def test_a_subset_without_p2_loads_from_a_checkpoint_whose_pyramid_has_it(tmp_path, conv):
     """With neck.prune, detection alone of a network with stride-4 dense heads has no P2: its FPN blocks are
     the checkpoint's second and later ones, renumbered; its outputs equal the whole network's detection."""
     cfg = tiny_config()
     cfg.model.neck.prune = True
+    cfg.model.neck.conv = conv
     model = tiny_model(cfg)
     assert model.neck.strides[0] == 4
     path = write_checkpoint(tmp_path / "full.pt", cfg, model)

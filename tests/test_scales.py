@@ -34,6 +34,9 @@ def test_every_scale_builds_for_the_list_and_a_mapping_with_two_segmentations(sc
     cfg, model = _meta_model([f"model.scale={scale}"])
     assert cfg.model.backbone.name == SCALES[scale]["backbone"]["name"]
     assert model.neck.out_channels == SCALES[scale]["neck"]["channels"]
+    assert cfg.model.neck.conv == SCALES[scale]["neck"].get("conv", "conv")
+    separable = cfg.model.neck.conv == "dwsep"
+    assert all((block[0].groups == model.neck.out_channels) == separable for block in model.neck.fpn.layer_blocks)
     for name, task in cfg.model.build_tasks().items():  # each task got its type's preset
         for key, value in type(task).SCALES[scale].items():
             assert getattr(task.cfg, key) == value, (name, key)
@@ -62,6 +65,17 @@ def test_the_small_scales_compute_no_p2_and_no_p6_p7():
     assert model.heads["detection"].strides == (8, 16, 32)
 
 
+@pytest.mark.parametrize("scale", ["m", "l"])
+def test_the_large_scales_compute_p2_for_the_dense_heads_and_detect_on_p3_to_p5(scale):
+    _, model = _meta_model([f"model.scale={scale}"])
+    assert model.neck.strides == (4, 8, 16, 32) and model.neck.fpn.extra_blocks is None
+    assert model.heads["detection"].strides == (8, 16, 32)
+    assert model.heads["segmentation"].branch.stride == 4 and model.heads["depth"].branch.stride == 4
+    # depth's branch is narrower than segmentation's at m (one smooth channel against 19 classes)
+    widths = {t: model.heads[t].branch.out_channels for t in ("segmentation", "depth")}
+    assert widths == ({"segmentation": 64, "depth": 32} if scale == "m" else {"segmentation": 96, "depth": 96})
+
+
 def test_explicit_keys_override_the_preset_from_yaml_base_and_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text(
         "model:\n  scale: s\n  neck: {channels: 40}\n  segmentation: {stride: 4}\n", encoding="utf-8")
@@ -78,7 +92,8 @@ def test_explicit_keys_override_the_preset_from_yaml_base_and_overrides(tmp_path
     assert m.segmentation.channels == 64 and m.depth.stride == 8
     # An override can change the scale the files chose; the files' explicit keys still win.
     m = load_config(tmp_path / "child.yaml", ["model.scale=l"]).model
-    assert m.neck.channels == 40 and m.backbone.name == "resnet18" and m.detection.max_stride == 128
+    assert m.neck.channels == 40 and m.backbone.name == "resnet18" and m.detection.num_convs == 3
+    assert m.neck.conv == "dwsep" and m.neck.prune is True  # l's neck keys beside the file's channels
     assert m.depth.channels == TASK_TYPES["depth"].SCALES["l"]["channels"]
 
 
@@ -228,3 +243,64 @@ def test_detection_box_and_centerness_from_one_stacked_convolution_equal_the_two
     torch.testing.assert_close(out["box_regression"], torch.cat(box, 1), rtol=1e-5, atol=1e-4)
     assert out["centerness"].shape == (2, 9 * 13 + 5 * 7 + 3 * 4)
     assert out["centerness"].std() > 0.1  # the stacked filters' fifth output is not a constant
+
+
+def test_a_separable_pyramid_output_equals_the_dense_3x3_of_its_factorised_kernel():
+    """neck.conv=dwsep: each level's output is the 1x1 of the 3x3 depthwise of the level's top-down sum, which
+    is the dense 3x3 whose kernel is the pointwise weight times the depthwise taps: a dense pyramid given that
+    kernel and the same laterals returns the same levels."""
+    from perception.models.neck import FPN
+
+    torch.manual_seed(0)
+    channels, widths = 6, (4, 8, 12, 16)
+    separable = FPN(widths, channels, extra_levels=True, conv="dwsep").eval()
+    dense = FPN(widths, channels, extra_levels=True).eval()
+    dense.fpn.inner_blocks.load_state_dict(separable.fpn.inner_blocks.state_dict())
+    dense.fpn.extra_blocks.load_state_dict(separable.fpn.extra_blocks.state_dict())
+    for block, target in zip(separable.fpn.layer_blocks, dense.fpn.layer_blocks):
+        depthwise, pointwise = block
+        torch.nn.init.normal_(pointwise.bias)
+        kernel = pointwise.weight[:, :, 0, 0, None, None] * depthwise.weight[:, 0][None]  # [out, in, 3, 3]
+        target[0].weight.data.copy_(kernel)
+        target[0].bias.data.copy_(pointwise.bias)
+    features = [torch.randn(2, c, 32 // 2 ** i, 48 // 2 ** i) for i, c in enumerate(widths)]
+    with torch.no_grad():
+        ours, reference = separable(features), dense(features)
+    assert [tuple(p.shape) for p in ours] == [tuple(p.shape) for p in reference]
+    assert len(ours) == 6 and ours[0].shape == (2, channels, 32, 48)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    per_level = {name: sum(p.numel() for p in m.fpn.layer_blocks.parameters()) for name, m in
+                 (("dwsep", separable), ("conv", dense))}
+    assert per_level == {"dwsep": 4 * (9 * channels + channels * channels + channels),
+                         "conv": 4 * (9 * channels * channels + channels)}
+
+
+def test_neck_conv_is_checked_and_reaches_the_built_pyramid():
+    cfg, model = _meta_model(["model.neck.conv=dwsep", "model.neck.channels=16"])
+    assert all(isinstance(block, torch.nn.Sequential) and block[0].groups == 16
+               for block in model.neck.fpn.layer_blocks)
+    with pytest.raises(ConfigError, match="neck.conv"):
+        load_config(None, ["model.neck.conv=separable"])
+
+
+def test_a_checkpoint_rebuilds_its_network_after_the_presets_gain_a_key(tmp_path):
+    """A checkpoint stores its model section resolved; one saved before ``neck.conv`` existed has scale m without
+    that key. Loading must rebuild the dense-3x3 pyramid it was trained with, not today's separable m."""
+    from perception.config import config_to_dict
+    from perception.inference.loading import load_model
+    from perception.utils.checkpoint import save_checkpoint
+
+    old = ["model.scale=m", "model.neck.conv=conv", "model.detection.max_stride=128", "model.detection.num_convs=2"]
+    cfg = load_config(None, old)  # scale m as it was before the separable pyramid
+    data = config_to_dict(cfg)
+    del data["model"]["neck"]["conv"]
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    path = save_checkpoint({"config": data, "model": model.state_dict()}, tmp_path / "old_m.pt")
+    loaded = load_model(path)
+    assert loaded.model_config.scale == "m" and loaded.model_config.neck.conv == "conv"
+    images = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(images)["depth"], model(images)["depth"])
+    assert load_config(None, ["model.scale=m"]).model.neck.conv == "dwsep"  # a config naming m today

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from perception.models import ModelConfig, build_model
+from perception.models.config import resolved_model_config
 from perception.utils.checkpoint import CheckpointError, load_checkpoint
-from perception.utils.configurable import from_dict
 # The device resolver lives in perception.utils.device; importable from here as it always was.
 from perception.utils.device import resolve_device  # noqa: F401
 
@@ -155,7 +155,7 @@ def load_model(path: str | os.PathLike, tasks: Sequence[str] | None = None, pref
     state = load_checkpoint(path)
     raw = state.get("config")
     try:
-        cfg = from_dict(ModelConfig, dict(raw.get("model") or {}), prefix="model.")
+        cfg = resolved_model_config(dict(raw.get("model") or {}))  # as saved: not re-resolved by today's presets
         trained = cfg.task_names
         image_size = tuple(int(v) for v in (raw.get("data") or {}).get("image_size", ()))
         if len(image_size) != 2:

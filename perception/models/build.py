@@ -16,7 +16,7 @@ def build_neck(cfg: ModelConfig, backbone: TimmBackbone, tasks: dict[str, Task])
     strides = {s for task in tasks.values() for s in task.pyramid_strides()}
     finest = min(strides) if cfg.neck.prune else backbone.strides[0]
     return FPN(backbone.out_channels, cfg.neck.channels, backbone.strides,
-               extra_levels=max(strides) > backbone.strides[-1], min_stride=finest)
+               extra_levels=max(strides) > backbone.strides[-1], min_stride=finest, conv=cfg.neck.conv)
 
 
 def build_model(cfg: ModelConfig) -> MultiTaskModel:

@@ -48,10 +48,13 @@ class NeckConfig:
             pyramid's costliest level) when every head starts at stride 8. Off by default: the pyramid then
             always has P2..P5, as checkpoints of earlier versions expect. (P6/P7 are only ever computed when a
             head reads them.)
+        conv: the output convolution of each level: ``conv`` (a dense 3x3, as FPN) or ``dwsep`` (a 3x3
+            depthwise and a 1x1 pointwise convolution: at 96 channels about a seventh of the multiply-adds).
     """
 
     channels: int = 256
     prune: bool = False
+    conv: Literal["conv", "dwsep"] = "conv"
 
     def validate(self) -> None:
         if self.channels <= 0:
@@ -63,8 +66,8 @@ class NeckConfig:
 SCALES: dict[str, dict[str, dict[str, Any]]] = {
     "n": {"backbone": {"name": "mobilenetv3_small_100"}, "neck": {"channels": 32, "prune": True}},
     "s": {"backbone": {"name": "mobilenetv3_large_100"}, "neck": {"channels": 64, "prune": True}},
-    "m": {"backbone": {"name": "resnet18"}, "neck": {"channels": 96, "prune": True}},
-    "l": {"backbone": {"name": "resnet50"}, "neck": {"channels": 128, "prune": True}},
+    "m": {"backbone": {"name": "resnet18"}, "neck": {"channels": 96, "prune": True, "conv": "dwsep"}},
+    "l": {"backbone": {"name": "resnet50"}, "neck": {"channels": 128, "prune": True, "conv": "dwsep"}},
 }
 
 
@@ -100,6 +103,20 @@ def scale_preset(data: Mapping[str, Any], prefix: str = "model.") -> dict[str, A
                 out[type_name] = deep_merge(cls.SCALES.get(scale, {}), section) if isinstance(section, Mapping) \
                     else section
     return out
+
+
+def resolved_model_config(data: Mapping[str, Any], prefix: str = "model.") -> "ModelConfig":
+    """The ``model`` section a checkpoint stores, which holds every key resolved when it was saved, built
+    without merging its ``scale``'s preset again: a key the presets gained since (``neck.conv`` at m and l) keeps
+    its default, which is the network of that time, not the preset's new value. ``scale`` itself is kept."""
+    data = dict(data)
+    scale = data.get("scale")
+    cfg = from_dict(ModelConfig, {**data, "scale": None}, prefix)
+    if scale is not None and scale not in SCALES:
+        raise ConfigError(f"{prefix}scale: got {scale!r}, expected one of {', '.join(SCALES)} (or null: the explicit "
+                          "settings)")
+    cfg.scale = scale
+    return cfg
 
 
 def _default_tasks() -> list[str]:

@@ -47,6 +47,8 @@ class FPN(nn.Module):
         extra_levels: add P6 and P7, computed from P5, for the detection head.
         min_stride: the finest level computed; finer backbone levels are left out (no lateral, no output
             convolution: e.g. 8 when no head reads P2, which saves the pyramid's most costly level).
+        conv: each level's output convolution: ``conv`` (torchvision's dense 3x3) or ``dwsep`` (a 3x3 depthwise
+            convolution, then a 1x1 pointwise one with the bias; no norm or activation, like the dense one).
 
     Attributes:
         out_channels: channels of every level.
@@ -54,8 +56,10 @@ class FPN(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, in_strides: Sequence[int] = (4, 8, 16, 32),
-                 extra_levels: bool = True, min_stride: int | None = None) -> None:
+                 extra_levels: bool = True, min_stride: int | None = None, conv: str = "conv") -> None:
         super().__init__()
+        if conv not in ("conv", "dwsep"):
+            raise ValueError(f"neck conv: got {conv!r}, expected 'conv' or 'dwsep'")
         in_strides = tuple(in_strides)
         min_stride = in_strides[0] if min_stride is None else min_stride
         if min_stride not in in_strides:
@@ -63,6 +67,9 @@ class FPN(nn.Module):
         self.first = in_strides.index(min_stride)
         extra = ExtraLevels(out_channels, out_channels) if extra_levels else None
         self.fpn = FeaturePyramidNetwork(list(in_channels)[self.first:], out_channels, extra_blocks=extra)
+        if conv == "dwsep":  # torchvision's forward calls each layer block as a module: any module fits
+            for i in range(len(self.fpn.layer_blocks)):
+                self.fpn.layer_blocks[i] = _separable_output_conv(out_channels)
         self.out_channels = out_channels
         self.strides = in_strides[self.first:] + ((in_strides[-1] * 2, in_strides[-1] * 4) if extra_levels else ())
 
@@ -70,6 +77,17 @@ class FPN(nn.Module):
         """Args: features: [C2, C3, C4, C5]. Returns: the levels of ``strides``: [P2, P3, P4, P5] (+ [P6, P7])."""
         named = OrderedDict((f"c{i + 2}", f) for i, f in enumerate(features) if i >= self.first)
         return list(self.fpn(named).values())
+
+
+def _separable_output_conv(channels: int) -> nn.Sequential:
+    """3x3 depthwise (no bias) then 1x1 pointwise convolution, initialised as torchvision initialises its
+    FPN convolutions (Kaiming uniform with a = 1, zero bias)."""
+    block = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                          nn.Conv2d(channels, channels, 1))
+    for m in block:
+        nn.init.kaiming_uniform_(m.weight, a=1)
+    nn.init.zeros_(block[1].bias)
+    return block
 
 
 def pyramid_output_parameters(neck: FPN) -> Iterator[nn.Parameter]:

@@ -391,7 +391,8 @@ def build_sharing_model(cfg: ModelConfig, backbone: TimmBackbone, heads: dict[st
     tasks = list(heads)
     backbones = {t: backbone if i == 0 else copy.deepcopy(backbone) for i, t in enumerate(tasks)}
     necks = {t: FPN(backbone.out_channels, cfg.neck.channels, backbone.strides,
-                    extra_levels=max(task_specs[t].pyramid_strides()) > backbone.strides[-1]) for t in tasks}
+                    extra_levels=max(task_specs[t].pyramid_strides()) > backbone.strides[-1],
+                    conv=cfg.neck.conv) for t in tasks}
     tie_initialisation([necks[t] for t in tasks])
     if cfg.sharing == "soft":
         return SoftSharingModel(backbones, necks, heads, task_specs, cfg.soft_sharing_weight)

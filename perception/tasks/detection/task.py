@@ -48,8 +48,8 @@ class DetectionTask(Task):
     SCALES = {
         "n": {"num_convs": 1, "tower": "dwsep", "max_stride": 32},
         "s": {"num_convs": 2, "tower": "dwsep", "max_stride": 32},
-        "m": {"num_convs": 2, "tower": "dwsep", "max_stride": 128},
-        "l": {"num_convs": 3, "tower": "dwsep", "max_stride": 128},
+        "m": {"num_convs": 1, "tower": "dwsep", "max_stride": 32},
+        "l": {"num_convs": 2, "tower": "dwsep", "max_stride": 32},
     }
 
     # -------------------------------------------------------------------------------------------------- data
