@@ -49,7 +49,7 @@ class NeckConfig:
             always has P2..P5, as checkpoints of earlier versions expect. (P6/P7 are only ever computed when a
             head reads them.)
         conv: the output convolution of each level: ``conv`` (a dense 3x3, as FPN) or ``dwsep`` (a 3x3
-            depthwise and a 1x1 pointwise convolution: at 96 channels about a seventh of the multiply-adds).
+            depthwise and a 1x1 pointwise convolution: at 96 channels about an eighth of the multiply-adds).
     """
 
     channels: int = 256
