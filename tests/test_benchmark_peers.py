@@ -111,7 +111,8 @@ def test_a_tiny_scales_table_has_its_columns_and_the_real_parameter_count(tmp_pa
     out_json, out_md = tmp_path / "scales.json", tmp_path / "scales.md"
     assert benchmark_tool.main(["scales", "--config", str(config), "--variants", "tiny:model.neck.channels=8",
                                 "--image-size", "64", "64", "--photo", "48x40", "--repeats", "1", "--warmup", "0",
-                                "--backends", "eager", "--json", str(out_json), "--markdown", str(out_md)]) == 0
+                                "--ratio-rounds", "1", "--backends", "eager", "--json", str(out_json),
+                                "--markdown", str(out_md)]) == 0
     result = json.loads(out_json.read_text())
     (row,) = result["rows"]
     model = build_model(load_config(config, ["model.neck.channels=8"]).model)
@@ -121,7 +122,9 @@ def test_a_tiny_scales_table_has_its_columns_and_the_real_parameter_count(tmp_pa
     assert row["eager_pre_ms"] > 0 and row["eager_post_ms"] > 0
     # The forward ratio: the multi-task forward over its three single-task models', at the padded photo size.
     assert row["forward_size"] == "64x64"
+    # one round (--ratio-rounds 1): the median of the rounds' ratios is that round's ratio of the two times
     assert row["multi_vs_single"] == pytest.approx(row["multi_ms"] / row["single_total_ms"])
+    assert "(forward ratio: median of 1 rounds)" in result["conditions"]
     header, rule, line = out_md.read_text().splitlines()[:3]
     assert header == "| model | backbone | params (M) | GFLOPs 640 | CPU eager (ms) | multi / 3 single |"
     assert rule == "|---|---|---|---|---|---|"

@@ -19,8 +19,8 @@ costs somewhat more than with trained ones: more boxes reach the NMS, more pixel
   median of ``--repeats`` after ``--warmup``, on one photo (``--image``, or a generated street scene of
   ``--photo`` size) fitted into ``--image-size``; onnxruntime gets as many threads as torch;
 - ``multi_vs_single``: the multi-task forward's time over the sum of its own single-task models' forwards
-  (``perception.benchmark.model``: timed in turn in every round, the median of the rounds' ratios), at the
-  padded size the photo is fitted into, in the channels-last layout the Predictor feeds the network.
+  (``perception.benchmark.model``: timed in turn in every round, the median of ``--ratio-rounds`` rounds'
+  ratios), at the padded size the photo is fitted into, in the channels-last layout the Predictor feeds the network.
 
 The table is printed and written as markdown (``--markdown``, ready for the README) and JSON (``--json``).
 """
@@ -64,6 +64,9 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
                         help="network size the photo is fitted into")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--ratio-rounds", type=int, default=15,
+                        help="timed rounds of the forward ratio (its median over rounds; at 7 it moved by about "
+                             "+-0.02 between runs on a 2-core VM)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of torch and onnxruntime (0: torch's)")
     parser.add_argument("--weights", nargs="+", default=[], metavar="NAME=CHECKPOINT",
@@ -215,7 +218,7 @@ def measure_variant(config: str, variant: Variant, image: np.ndarray, args: argp
         # NHWC, as the Predictor feeds the network (its uint8 buffer is a channels-last view): on the CPU the
         # NCHW forward is slower (about 1.3x at scale m) and would not be the network the other columns time.
         forward = measure_config(cfg.model, padded, 1, torch.device("cpu"), channels_last=True,
-                                 warmup=args.warmup, repeats=args.repeats)
+                                 warmup=args.warmup, repeats=args.ratio_rounds)
         row.update({"multi_ms": forward["multi_ms"], "single_total_ms": forward["single_total_ms"],
                     "multi_vs_single": forward["ratio"], "forward_size": f"{padded[0]}x{padded[1]}"})
     return row
@@ -228,7 +231,9 @@ def conditions(image: np.ndarray, image_size: Sequence[int], args: argparse.Name
     return (f"{info['cpu']} ({info['cpu_count']} cores), {threads} thread{'s' * (threads != 1)}, "
             f"torch {info['torch']}; "
             f"{source} {image.shape[0]}x{image.shape[1]} fitted into {image_size[0]}x{image_size[1]}; median of "
-            f"{args.repeats} after {args.warmup} warm-up, "
+            f"{args.repeats} after {args.warmup} warm-up"
+            + ("" if getattr(args, "no_ratio", True) else f" (forward ratio: median of {args.ratio_rounds} rounds)")
+            + ", "
             + (f"trained weights for {', '.join(sorted(args.weights_of))}" if getattr(args, "weights_of", None)
                else "random weights"))
 
