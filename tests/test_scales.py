@@ -111,6 +111,11 @@ def test_unknown_scale_is_a_one_line_error_naming_the_key_and_the_values():
     message = str(err.value)
     assert "\n" not in message and "model.scale" in message and "'xl'" in message
     assert "n, s, m, l" in message
+    from perception.models.config import resolved_model_config  # a checkpoint's section is checked the same way
+
+    with pytest.raises(ConfigError, match=r"model\.scale: got 'xl', expected one of n, s, m, l"):
+        resolved_model_config({"scale": "xl"})
+    assert resolved_model_config({"scale": "s"}).neck.channels == 256  # as stored: no preset merged
 
 
 def test_scale_n_trains_a_step_on_a_tiny_batch():

@@ -84,9 +84,7 @@ def scale_preset(data: Mapping[str, Any], prefix: str = "model.") -> dict[str, A
     scale = data.get("scale")
     if scale is None:
         return dict(data)
-    if scale not in SCALES:
-        raise ConfigError(f"{prefix}scale: got {scale!r}, expected one of {', '.join(SCALES)} (or null: the explicit "
-                          "settings)")
+    _check_scale(scale, prefix)
     out = deep_merge(SCALES[scale], data)
     tasks = data.get("tasks", _default_tasks())
     if isinstance(tasks, Mapping):
@@ -112,11 +110,16 @@ def resolved_model_config(data: Mapping[str, Any], prefix: str = "model.") -> "M
     data = dict(data)
     scale = data.get("scale")
     cfg = from_dict(ModelConfig, {**data, "scale": None}, prefix)
-    if scale is not None and scale not in SCALES:
-        raise ConfigError(f"{prefix}scale: got {scale!r}, expected one of {', '.join(SCALES)} (or null: the explicit "
-                          "settings)")
+    if scale is not None:
+        _check_scale(scale, prefix)
     cfg.scale = scale
     return cfg
+
+
+def _check_scale(scale: Any, prefix: str) -> None:
+    if scale not in SCALES:
+        raise ConfigError(f"{prefix}scale: got {scale!r}, expected one of {', '.join(SCALES)} (or null: the explicit "
+                          "settings)")
 
 
 def _default_tasks() -> list[str]:
